@@ -1,0 +1,92 @@
+"""Common defaults: full-scale DATM-CLR on CIFAR-10 IPC 1 (SPEC §8), the base of every config.
+
+Variants load this file and override only what differs. Launch:
+  python -m datm_clr_jax --config=configs/default.py --workdir=checkpoints/default
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.name = "default"  # Workdir name under checkpoints/ when --workdir is not given.
+  config.seed = 0  # Seeds distillation and evaluation (eval run i uses 10000 + 100 * seed + i).
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "tfds:cifar10"  # digits | tfds:<name> | image_folder:<path> | npz:<file>
+  config.data.image_size = 0  # Resize to this many pixels square; 0 keeps the native size.
+  config.data.zca = True  # ZCA whitening fit on the training set (every DATM config uses it).
+  config.data.zca_eps = 0.1  # ZCA regulariser (the reference's value).
+  config.data.data_dir = ""  # tfds data_dir; empty for tfds' default.
+  config.data.cache_dir = ""  # Where decoded data and ZCA are cached; empty: <workdir>/cache.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.arch = "convnet"  # convnet | convnetd4.
+  config.model.width = 128  # Channels of every conv layer.
+  config.model.depth = 3  # Conv blocks; 3 for 32 px, 4 for 64 px.
+  config.model.norm = "instance"  # instance | none for distillation; batch for evaluation only.
+  config.model.conv_impl = "auto"  # auto (im2col on CPU, XLA conv elsewhere) | xla | im2col.
+
+  config.dsa = ml_collections.ConfigDict()
+  config.dsa.strategy = "color_crop_cutout_flip_scale_rotate"  # DSA op families.
+  config.dsa.mode = "single"  # One random family per batch (reference) | multiple.
+
+  config.experts = ml_collections.ConfigDict()
+  config.experts.num_experts = 100  # Trajectories to train (the reference stores 100).
+  config.experts.epochs = 50  # Epochs per expert (MTT: 50).
+  config.experts.lr = 0.01  # lr_teacher: plain SGD, no momentum, no weight decay.
+  config.experts.batch_size = 256  # Real images per expert step.
+  config.experts.parallel = 10  # Experts trained at once under vmap.
+  config.experts.seed = 0  # Separate from config.seed so distillation seeds share experts.
+  config.experts.dir = ""  # Where trajectories live; empty: <workdir>/experts.
+
+  config.distill = ml_collections.ConfigDict()
+  config.distill.ipc = 1  # Synthetic images per class.
+  config.distill.iterations = 10000  # Outer iterations.
+  config.distill.num_inner_steps = 80  # N, student steps per iteration (DATM; paper says 20).
+  config.distill.expert_epochs = 2  # M, expert epochs the student must match.
+  config.distill.min_start_epoch = 0  # Lowest start epoch t.
+  config.distill.max_start_epoch = 4  # Start epochs are drawn below this bound.
+  config.distill.sequential = False  # DATM's growing start-epoch range.
+  config.distill.current_max_start_epoch = 4  # Initial upper bound when sequential.
+  config.distill.expansion_end = 1000  # Iteration at which the bound reaches max_start_epoch.
+  config.distill.batch_syn = 0  # Synthetic minibatch per inner step; 0: all images.
+  config.distill.syn_lr_init = 0.01  # Initial student learning rate (lr_teacher).
+  config.distill.lr_img = 100.0  # Image learning rate (SGD, momentum_img).
+  config.distill.lr_lr = 1e-7  # syn_lr learning rate (SGD, momentum_lr).
+  config.distill.lr_y = 5.0  # Label-logit learning rate (SGD, momentum_y).
+  config.distill.momentum_img = 0.5  # Reference values.
+  config.distill.momentum_lr = 0.5
+  config.distill.momentum_y = 0.9
+  config.distill.learn_labels = True  # DATM learns the soft labels.
+  config.distill.threshold = 1.1  # Skip the update when L_tm exceeds this.
+  config.distill.init = "samples_predicted_correctly"  # | real.
+  config.distill.num_experts = 0  # Experts to match against; 0: all trained.
+  config.distill.remat = True  # jax.checkpoint each inner step: memory flat in N.
+  config.distill.scan_unroll = 1  # lax.scan unroll factor of the inner loop.
+  config.distill.log_every = 10  # Iterations between progress lines / metrics records.
+  config.distill.checkpoint_every = 100  # Iterations between orbax checkpoints.
+
+  config.clr = ml_collections.ConfigDict()
+  config.clr.strategy = "fusion"  # fusion (alpha*L_con + beta*L_tm) | update (eq. 4) | none.
+  config.clr.alpha = 0.1  # Weight of L_contrast in the outer loss (fusion).
+  config.clr.beta = 1.0  # Weight of L_tm (the paper fixes 1).
+  config.clr.lam = 0.1  # Weight of L_contrast in the student step (update).
+  config.clr.loss = "supcon"  # supcon | ntxent.
+  config.clr.temperature = 0.1  # tau (paper).
+  config.clr.view_mode = "multiple"  # DSA mode of the two contrastive views.
+  config.clr.head = "random"  # random (re-drawn each iteration) | learned (outer optimiser).
+  config.clr.proj_hidden = 0  # Hidden width of the projection MLP; 0: the feature width.
+  config.clr.proj_dim = 128  # Projection output dimension.
+  config.clr.lr_head = 0.01  # Learned head only: SGD learning rate.
+  config.clr.momentum_head = 0.5  # Learned head only: SGD momentum.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_eval = 5  # Evaluation seeds (networks trained from scratch).
+  config.eval.epochs = 1000  # Training epochs on the synthetic set (the loop runs epochs+1).
+  config.eval.batch_size = 128  # Minibatch (DATM: 128).
+  config.eval.momentum = 0.9
+  config.eval.weight_decay = 5e-4
+  config.eval.random_real = True  # Also evaluate random real images (same IPC, hard labels).
+  config.eval.random_real_lr = 0.01  # Learning rate of the random-real baseline.
+  return config

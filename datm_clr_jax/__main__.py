@@ -1,0 +1,48 @@
+"""Command line: `python -m datm_clr_jax --config=configs/X.py [--config.a.b=v] [--workdir=D]`.
+
+With no flags it runs the quickstart (configs/quickstart.py) into checkpoints/quickstart/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+config_flags.DEFINE_config_file(
+    "config", str(_ROOT / "configs" / "quickstart.py"), "Config file (ml_collections).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Output directory; default checkpoints/<config.name>.")
+_MODE = flags.DEFINE_enum("mode", "all", ["all", "experts", "distill", "evaluate"],
+                          "Which phases to run.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from datm_clr_jax import pipeline  # Deferred: flag errors should not wait for JAX imports.
+  config = flags.FLAGS.config
+  workdir = _WORKDIR.value or str(_ROOT / "checkpoints" / config.name)
+  logging.info("workdir %s, mode %s", workdir, _MODE.value)
+  try:
+    pipeline.run(config, workdir, _MODE.value)
+  except (pipeline.ConfigError, pipeline.data.DataError, pipeline.checkpointing.CheckpointError,
+          pipeline.distill.DistillError) as e:
+    # Expected failures get one line that says what to do, not a JAX traceback.
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

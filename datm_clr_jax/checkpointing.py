@@ -1,0 +1,100 @@
+"""All orbax use lives here: pytree save/restore and a step-indexed manager for resumable runs.
+
+Writes are atomic (orbax writes to a temporary directory and renames), so a kill mid-save leaves
+the previous checkpoint intact. Unreadable checkpoints raise `CheckpointError` with the path.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+
+class _QuietOrbax(std_logging.Filter):
+  """Orbax logs every save at INFO through absl; that drowns a run's progress lines."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+std_logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, corrupt or does not fit what is being restored."""
+
+
+def _abs(path) -> Path:
+  return Path(path).expanduser().resolve()
+
+
+def save_tree(path, tree: Any) -> None:
+  """Saves a pytree of arrays to `path` (a directory), replacing what is there."""
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(_abs(path), jax.tree_util.tree_map(np.asarray, tree), force=True)
+  ckpt.wait_until_finished()
+
+
+def restore_tree(path, target: Any | None = None) -> Any:
+  """Restores the pytree saved at `path`; `target` (arrays or ShapeDtypeStructs) fixes shapes."""
+  p = _abs(path)
+  if not p.exists():
+    raise CheckpointError(f"no checkpoint at {p}")
+  try:
+    ckpt = ocp.StandardCheckpointer()
+    if target is None:
+      return ckpt.restore(p)
+    return ckpt.restore(p, jax.tree_util.tree_map(np.asarray, target))
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {p} could not be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); delete it to start over") from e
+
+
+class StepCheckpoints:
+  """Step-numbered checkpoints of one pytree in `directory`, keeping the newest `keep`."""
+
+  def __init__(self, directory, keep: int = 2):
+    self.directory = _abs(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree: Any) -> None:
+    self._manager.save(step, args=ocp.args.StandardSave(
+        jax.tree_util.tree_map(np.asarray, tree)), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, target: Any) -> Any:
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(
+          jax.tree_util.tree_map(np.asarray, target)))
+    except Exception as e:
+      raise CheckpointError(
+          f"checkpoint step {step} in {self.directory} could not be read "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); delete that step's folder "
+          "to resume from an earlier one, or the whole folder to start over") from e
+
+  def restore_latest(self, target: Any) -> tuple[int, Any] | None:
+    """(step, tree) of the newest readable checkpoint, or None if there is none."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        return step, self.restore(step, target)
+      except CheckpointError as e:
+        logging.warning("%s; trying an older one", e)
+    if steps:
+      raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} is readable; "
+                            "delete the folder to start over")
+    return None
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,345 @@
+"""Datasets and ZCA whitening.
+
+A source string names where the data comes from:
+  'digits'                     scikit-learn's 8x8 handwritten digits (embedded, no download),
+                               split 75/25 into train/test with a fixed seed.
+  'tfds:<name>'                tensorflow-datasets (e.g. 'tfds:cifar10', 'tfds:cifar100'),
+                               imported lazily, read through `tfds.data_source`.
+  'image_folder:<dir or zip>'  train/<class>/*, test/<class>/* image files.
+  'npz:<file>'                 arrays x_train, y_train, x_test, y_test (uint8 0..255 or float
+                               0..1, NHWC or NHW), optional class_names.
+
+Every loader returns a `Dataset` of float32 images in [0, 1], NHWC. ZCA whitening (SPEC §1) is
+fitted once on the training images and cached as an .npz keyed by a fingerprint of the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+# Used when ZCA is off (the reference's CIFAR normalisation).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+class DataError(ValueError):
+  """Bad data source or data; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Dataset:
+  """Images in [0, 1] before whitening.
+
+  Attributes:
+    name: the source string it came from.
+    x_train: (N, H, W, C) float32.  y_train: (N,) int32.
+    x_test: (M, H, W, C) float32.   y_test: (M,) int32.
+    class_names: list of C names, index = label.
+  """
+
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  class_names: list[str]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.x_train.shape[1:])
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.dtype == np.uint8:
+    return x.astype(np.float32) / 255.0
+  return x.astype(np.float32)
+
+
+def load_digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+  """scikit-learn digits: 1,797 8x8 grey images in [0, 1], a stratified seeded split."""
+  from sklearn.datasets import load_digits as sk_digits
+  from sklearn.model_selection import train_test_split
+  d = sk_digits()
+  x = (d.images / 16.0).astype(np.float32)[..., None]
+  y = d.target.astype(np.int32)
+  x_tr, x_te, y_tr, y_te = train_test_split(
+      x, y, test_size=test_fraction, random_state=seed, stratify=y)
+  return Dataset("digits", x_tr, y_tr, x_te, y_te, [str(i) for i in range(10)])
+
+
+def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
+  """A tensorflow-datasets image classification dataset via `tfds.data_source`."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:  # pragma: no cover - it is a dependency
+    raise DataError("tensorflow-datasets is not installed: pip install tensorflow-datasets") from e
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:
+    raise DataError(f"tfds has no dataset {name!r} ({e}); use e.g. tfds:cifar10") from e
+  splits = {}
+  for split in ("train", "test"):
+    try:
+      src = tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:
+      raise DataError(
+          f"could not read tfds:{name} split {split!r} ({type(e).__name__}: {e}). Without "
+          "internet, prepare it elsewhere and pass --config.data.data_dir, or use "
+          "image_folder:/npz: sources") from e
+    n = len(src)
+    xs = np.stack([np.asarray(src[i]["image"]) for i in range(n)])
+    ys = np.asarray([int(src[i]["label"]) for i in range(n)], np.int32)
+    splits[split] = (_to_float(xs), ys)
+  try:
+    class_names = list(builder.info.features["label"].names)
+  except Exception:  # mock data may lack full metadata
+    class_names = [str(i) for i in range(int(max(splits["train"][1].max(),
+                                                 splits["test"][1].max())) + 1)]
+  return Dataset(f"tfds:{name}", *splits["train"], *splits["test"], class_names)
+
+
+def _decode(data: bytes) -> np.ndarray:
+  from PIL import Image
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def load_image_folder(path: str) -> Dataset:
+  """Reads train/<class>/* and test/<class>/* from a directory or a .zip (one top folder ok)."""
+  p = Path(path)
+  if not p.exists():
+    raise DataError(f"image folder {path!r} does not exist; give a directory or .zip with "
+                    "train/<class>/ and test/<class>/")
+  if p.is_file():
+    if not zipfile.is_zipfile(p):
+      raise DataError(f"{path!r} is a file but not a zip archive")
+    zf = zipfile.ZipFile(p)
+    names = [n for n in zf.namelist() if n.lower().endswith(IMAGE_EXTS)]
+    read = zf.read
+  else:
+    names = [str(f.relative_to(p)) for f in sorted(p.rglob("*"))
+             if f.suffix.lower() in IMAGE_EXTS]
+    read = lambda n: (p / n).read_bytes()
+  # Files sit at [prefix/]split/class/file.
+  entries = []
+  for n in names:
+    parts = Path(n).parts
+    if len(parts) >= 3 and parts[-3] in ("train", "test"):
+      entries.append((parts[-3], parts[-2], n))
+  if not entries:
+    raise DataError(f"no train/<class>/<image> files found in {path!r}")
+  class_names = sorted({c for s, c, _ in entries if s == "train"})
+  index = {c: i for i, c in enumerate(class_names)}
+  out = {}
+  for split in ("train", "test"):
+    items = sorted((c, n) for s, c, n in entries if s == split)
+    if not items:
+      raise DataError(f"{path!r} has no {split}/ images")
+    missing = sorted({c for c, _ in items} - set(index))
+    if missing:
+      raise DataError(f"{split}/ of {path!r} has classes absent from train/: {missing}")
+    xs = np.stack([_decode(read(n)) for _, n in items])
+    ys = np.asarray([index[c] for c, _ in items], np.int32)
+    out[split] = (_to_float(xs), ys)
+  return Dataset(f"image_folder:{path}", *out["train"], *out["test"], class_names)
+
+
+def load_npz(path: str) -> Dataset:
+  """Arrays x_train, y_train, x_test, y_test (+ optional class_names) from one .npz."""
+  if not os.path.exists(path):
+    raise DataError(f"npz file {path!r} does not exist")
+  with np.load(path, allow_pickle=False) as f:
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
+    if missing:
+      raise DataError(f"{path!r} lacks arrays {missing}; it needs x_train, y_train, x_test, "
+                      "y_test")
+    arrays = {k: f[k] for k in f.files}
+  y_tr = arrays["y_train"].astype(np.int32)
+  num_classes = int(max(y_tr.max(), arrays["y_test"].max())) + 1
+  names = ([str(c) for c in arrays["class_names"]] if "class_names" in arrays
+           else [str(i) for i in range(num_classes)])
+  return Dataset(f"npz:{path}", _to_float(arrays["x_train"]), y_tr,
+                 _to_float(arrays["x_test"]), arrays["y_test"].astype(np.int32), names)
+
+
+def resize(x: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of (N, H, W, C) images to (N, size, size, C)."""
+  if x.shape[1] == size and x.shape[2] == size:
+    return x
+  import jax
+  import jax.numpy as jnp
+  out = jax.image.resize(jnp.asarray(x), (x.shape[0], size, size, x.shape[3]), "bilinear")
+  return np.clip(np.asarray(out), 0.0, 1.0).astype(np.float32)
+
+
+def _cached(cache_dir: str | None, source: str, loader):
+  """Decoding 60k JPEGs takes a while: keep the decoded uint8 arrays as an npz."""
+  if not cache_dir:
+    return loader()
+  key = hashlib.sha1(source.encode()).hexdigest()[:12]
+  path = Path(cache_dir) / f"dataset_{key}.npz"
+  if path.exists():
+    try:
+      with np.load(path) as f:
+        return Dataset(source, f["x_train"].astype(np.float32) / 255.0, f["y_train"],
+                       f["x_test"].astype(np.float32) / 255.0, f["y_test"],
+                       [str(c) for c in f["class_names"]])
+    except Exception as e:  # a corrupt cache is rebuilt, not fatal
+      logging.warning("dataset cache %s unreadable (%s); rebuilding", path, e)
+  ds = loader()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, x_train=np.round(ds.x_train * 255).astype(np.uint8), y_train=ds.y_train,
+           x_test=np.round(ds.x_test * 255).astype(np.uint8), y_test=ds.y_test,
+           class_names=np.asarray(ds.class_names))
+  os.replace(tmp, path)
+  return ds
+
+
+def load_dataset(source: str, *, image_size: int = 0, data_dir: str | None = None,
+                 cache_dir: str | None = None, seed: int = 0) -> Dataset:
+  """Loads a dataset by source string (see the module docstring).
+
+  Args:
+    source: 'digits', 'tfds:<name>', 'image_folder:<path>' or 'npz:<path>'.
+    image_size: if > 0, resize images to image_size x image_size.
+    data_dir: tfds data directory.
+    cache_dir: where decoded image folders are cached (None: no cache).
+    seed: split seed for sources without a test split ('digits').
+  """
+  kind, _, arg = source.partition(":")
+  if kind == "digits":
+    ds = load_digits(seed)
+  elif kind == "tfds" and arg:
+    ds = load_tfds(arg, data_dir)
+  elif kind == "image_folder" and arg:
+    ds = _cached(cache_dir, source, lambda: load_image_folder(arg))
+  elif kind == "npz" and arg:
+    ds = load_npz(arg)
+  else:
+    raise DataError(f"unknown dataset source {source!r}; use 'digits', 'tfds:<name>', "
+                    "'image_folder:<dir or zip>' or 'npz:<file>'")
+  if image_size:
+    ds = dataclasses.replace(ds, x_train=resize(ds.x_train, image_size),
+                             x_test=resize(ds.x_test, image_size))
+  return ds
+
+
+@dataclasses.dataclass
+class ZCA:
+  """A fitted ZCA transform on flattened images of dimension D.
+
+  Attributes:
+    mean: (D,).  whiten: (D, D) = U diag(1/sqrt(l+eps)) U^T.  unwhiten: its inverse.
+  """
+
+  mean: np.ndarray
+  whiten: np.ndarray
+  unwhiten: np.ndarray
+
+  def apply(self, x: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) in [0,1] -> whitened (N, H, W, C) float32."""
+    flat = x.reshape(x.shape[0], -1).astype(np.float64) - self.mean
+    return (flat @ self.whiten).reshape(x.shape).astype(np.float32)
+
+  def invert(self, x: np.ndarray) -> np.ndarray:
+    """Whitened (N, H, W, C) -> pixel space (N, H, W, C) float32 (not clipped)."""
+    flat = np.asarray(x).reshape(x.shape[0], -1).astype(np.float64) @ self.unwhiten
+    return (flat + self.mean).reshape(x.shape).astype(np.float32)
+
+
+def fit_zca(x: np.ndarray, eps: float = 0.1) -> ZCA:
+  """Fits ZCA (SPEC §1) on (N, H, W, C) images: covariance with 1/(N-1), eigh, eps=0.1."""
+  flat = x.reshape(x.shape[0], -1).astype(np.float64)
+  mean = flat.mean(axis=0)
+  centred = flat - mean
+  cov = centred.T @ centred / (flat.shape[0] - 1)
+  evals, evecs = np.linalg.eigh(cov)
+  evals = np.maximum(evals, 0.0)  # round-off can make tiny eigenvalues negative
+  whiten = (evecs * (1.0 / np.sqrt(evals + eps))) @ evecs.T
+  unwhiten = (evecs * np.sqrt(evals + eps)) @ evecs.T
+  return ZCA(mean, whiten, unwhiten)
+
+
+def data_fingerprint(x: np.ndarray) -> str:
+  """A short hash of an image array (shape and contents)."""
+  h = hashlib.sha1(str(x.shape).encode())
+  h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+  return h.hexdigest()[:16]
+
+
+def fit_zca_cached(x: np.ndarray, eps: float, cache_dir: str | None) -> ZCA:
+  """`fit_zca`, cached in cache_dir/zca_<fingerprint>.npz (the eigh runs once per dataset)."""
+  if not cache_dir:
+    return fit_zca(x, eps)
+  path = Path(cache_dir) / f"zca_{data_fingerprint(x)}_{eps:g}.npz"
+  if path.exists():
+    try:
+      with np.load(path) as f:
+        return ZCA(f["mean"], f["whiten"], f["unwhiten"])
+    except Exception as e:
+      logging.warning("ZCA cache %s unreadable (%s); refitting", path, e)
+  zca = fit_zca(x, eps)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, mean=zca.mean, whiten=zca.whiten, unwhiten=zca.unwhiten)
+  os.replace(tmp, path)
+  return zca
+
+
+@dataclasses.dataclass
+class Prepared:
+  """What the pipeline trains on: normalised images plus the way back to pixels.
+
+  Attributes:
+    dataset: the raw Dataset.
+    x_train, x_test: normalised (ZCA or mean/std) float32 (N, H, W, C).
+    zca: the fitted ZCA, or None when normalisation is mean/std.
+  """
+
+  dataset: Dataset
+  x_train: np.ndarray
+  x_test: np.ndarray
+  zca: ZCA | None
+  mean: np.ndarray | None = None
+  std: np.ndarray | None = None
+
+  def to_pixels(self, x: np.ndarray) -> np.ndarray:
+    """Normalised (N, H, W, C) -> [0, 1] pixels (clipped), for display."""
+    if self.zca is not None:
+      out = self.zca.invert(np.asarray(x))
+    else:
+      out = np.asarray(x) * self.std + self.mean
+    return np.clip(out, 0.0, 1.0)
+
+
+def prepare(ds: Dataset, *, zca: bool, zca_eps: float = 0.1,
+            cache_dir: str | None = None) -> Prepared:
+  """Normalises a Dataset: ZCA fit on train (cached), or per-channel mean/std."""
+  if zca:
+    t = fit_zca_cached(ds.x_train, zca_eps, cache_dir)
+    return Prepared(ds, t.apply(ds.x_train), t.apply(ds.x_test), t)
+  c = ds.x_train.shape[-1]
+  if c == 3 and ds.name in ("tfds:cifar10", "tfds:cifar100") or "cifar" in ds.name.lower():
+    mean, std = np.asarray(CIFAR_MEAN, np.float32), np.asarray(CIFAR_STD, np.float32)
+  else:
+    # float64 accumulation: float32 sums of ~10^7 pixels saturate.
+    mean = ds.x_train.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    std = ds.x_train.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32) + 1e-6
+  return Prepared(ds, (ds.x_train - mean) / std, (ds.x_test - mean) / std, None, mean, std)

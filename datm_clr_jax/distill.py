@@ -1,0 +1,387 @@
+"""DATM-CLR distillation: the synthetic state, the jit-compiled outer step, and the outer loop.
+
+One outer iteration (SPEC §5, §6; the paper's Algorithm 1):
+  1. sample an expert and a start epoch t (inside the step, from its key);
+  2. unroll N student updates from theta_t with `lax.scan`, each a plain SGD step of the
+     soft-label cross-entropy on a DSA view of a synthetic minibatch; with Contrastive Update
+     the student loss also carries lambda * L_contrast;
+  3. L_tm = ||theta_N - theta_{t+M}||^2 / ||theta_t - theta_{t+M}||^2; with Contrastive Fusion
+     the outer loss is alpha * mean_n L_contrast(theta_n) + beta * L_tm;
+  4. differentiate through the unroll with respect to the images, the label logits, syn_lr
+     (and a learned projection head) and apply SGD-with-momentum updates, unless the update is
+     skipped (L_tm over threshold, a non-finite loss or gradient, or syn_lr going <= 0).
+
+Choices where the paper is silent (documented in README):
+  * The contrastive views are two extra DSA views drawn with their own keys; the CE view and
+    minibatch use exactly the keys plain DATM uses, so alpha = 0 with the contrastive path off
+    is bit-for-bit DATM.
+  * The skip threshold is applied to L_tm alone (DATM's quantity), not to the total loss.
+  * The projection head is either re-drawn at random each outer iteration ('random', default:
+    no extra hyperparameters) or learned by the outer optimiser ('learned').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from datm_clr_jax import augment, checkpointing, losses
+from datm_clr_jax.models import Network, ProjectionHead
+
+# Status codes returned by the step for each iteration.
+ACCEPTED, OVER_THRESHOLD, NON_FINITE, BAD_LR = 0, 1, 2, 3
+STATUS_NAMES = {ACCEPTED: "accepted", OVER_THRESHOLD: "over_threshold",
+                NON_FINITE: "non_finite", BAD_LR: "syn_lr_not_positive"}
+
+
+class DistillError(ValueError):
+  """Bad distillation input or state; the message says what to do."""
+
+
+@flax.struct.dataclass
+class SynState:
+  """Everything the outer loop learns and must checkpoint.
+
+  Attributes:
+    syn_images: (n, H, W, C) synthetic images (normalised space), class-major.
+    syn_labels: (n, C) label logits.
+    syn_lr: () the student's learning rate.
+    head: projection-head params (a pytree; empty dict unless the head is learned).
+    opt_images, opt_labels, opt_lr, opt_head: optax SGD-momentum states.
+    iteration: () int32, the number of outer iterations done.
+  """
+
+  syn_images: jax.Array
+  syn_labels: jax.Array
+  syn_lr: jax.Array
+  head: Any
+  opt_images: Any
+  opt_labels: Any
+  opt_lr: Any
+  opt_head: Any
+  iteration: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the outer step (hashable, so they can close over a jit)."""
+
+  num_inner_steps: int
+  expert_epochs: int
+  min_start_epoch: int
+  batch_syn: int
+  threshold: float
+  strategy: str = "color_crop_cutout_flip_scale_rotate"
+  dsa_mode: str = "single"
+  clr_strategy: str = "fusion"  # 'fusion' | 'update' | 'none'
+  alpha: float = 0.1
+  beta: float = 1.0
+  lam: float = 0.1
+  contrastive: str = "supcon"
+  temperature: float = 0.1
+  view_mode: str = "multiple"
+  head: str = "random"  # 'random' | 'learned'
+  proj_hidden: int = 0
+  proj_dim: int = 128
+  learn_labels: bool = True
+  remat: bool = True
+  unroll: int = 1
+
+  @property
+  def contrast_on(self) -> bool:
+    return self.clr_strategy in ("fusion", "update") and (
+        self.alpha != 0 if self.clr_strategy == "fusion" else self.lam != 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterOptim:
+  lr_img: float
+  lr_lr: float
+  lr_y: float
+  lr_head: float = 0.01
+  momentum_img: float = 0.5
+  momentum_lr: float = 0.5
+  momentum_y: float = 0.9
+  momentum_head: float = 0.5
+
+  def optimizers(self):
+    return (optax.sgd(self.lr_img, self.momentum_img), optax.sgd(self.lr_y, self.momentum_y),
+            optax.sgd(self.lr_lr, self.momentum_lr), optax.sgd(self.lr_head, self.momentum_head))
+
+
+def feature_dim(network: Network, image_shape) -> int:
+  _, f = jax.eval_shape(lambda x: network.module.apply(
+      network.module.init(jax.random.PRNGKey(0), x, train=False), x, train=False),
+                        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return int(f.shape[-1])
+
+
+def make_head(cfg: StepConfig, feat_dim: int) -> ProjectionHead:
+  return ProjectionHead(hidden=cfg.proj_hidden or feat_dim, out_dim=cfg.proj_dim)
+
+
+def init_head_params(head: ProjectionHead, key, feat_dim: int):
+  return head.init(key, jnp.zeros((1, feat_dim)))["params"]
+
+
+def init_state(syn_images, syn_labels, syn_lr: float, opt: OuterOptim, head_params=None
+               ) -> SynState:
+  """A fresh SynState. Shapes: syn_images (n,H,W,C), syn_labels (n,C)."""
+  o_img, o_y, o_lr, o_head = opt.optimizers()
+  syn_images = jnp.asarray(syn_images, jnp.float32)
+  syn_labels = jnp.asarray(syn_labels, jnp.float32)
+  lr = jnp.asarray(syn_lr, jnp.float32)
+  head = head_params if head_params is not None else {}
+  return SynState(syn_images, syn_labels, lr, head, o_img.init(syn_images),
+                  o_y.init(syn_labels), o_lr.init(lr), o_head.init(head),
+                  jnp.zeros((), jnp.int32))
+
+
+def minibatch_indices(key, num_syn: int, batch_syn: int, num_steps: int) -> jax.Array:
+  """(num_steps, batch_syn) indices: chunks of fresh permutations, one permutation per pass."""
+  chunks = num_syn // batch_syn
+  passes = -(-num_steps // chunks)
+  perms = jax.vmap(lambda k: jax.random.permutation(k, num_syn))(jax.random.split(key, passes))
+  return perms[:, :chunks * batch_syn].reshape(passes * chunks, batch_syn)[:num_steps]
+
+
+def step_keys(key):
+  """Splits an iteration key into (expert, start, batch, augmentation, head) keys."""
+  return jax.random.split(key, 5)
+
+
+def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, feat_dim: int):
+  """Returns outer_loss(learned, theta0, target, key) -> (loss, (l_tm, l_con)).
+
+  learned = (syn_images (n,H,W,C), syn_labels (n,C), syn_lr (), head params);
+  theta0, target: flat (P,) expert parameters at t and t + M.
+  """
+  head_module = make_head(cfg, feat_dim)
+
+  def outer_loss(learned, theta0, target, key, head_key):
+    images, label_logits, lr, head = learned
+    if cfg.contrast_on and cfg.head == "random":
+      head = init_head_params(head_module, head_key, feat_dim)
+    _, _, k_batch, k_aug, _ = step_keys(key)
+    idx = minibatch_indices(k_batch, images.shape[0], cfg.batch_syn, cfg.num_inner_steps)
+    aug_keys = jax.random.split(k_aug, cfg.num_inner_steps)
+    probs = jax.nn.softmax(label_logits, axis=-1)
+
+    def contrast(theta, x, cls, k):
+      k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
+      views = jnp.concatenate([augment.dsa(x, k1, cfg.strategy, cfg.view_mode),
+                               augment.dsa(x, k2, cfg.strategy, cfg.view_mode)])
+      _, feats = network.apply_flat(theta, views)
+      z = head_module.apply({"params": head}, feats)
+      b = x.shape[0]
+      return losses.contrastive_loss(cfg.contrastive, z[:b], z[b:], cls, cfg.temperature)
+
+    def inner(theta, xs):
+      i, k = xs
+      x, y, cls = images[i], probs[i], syn_classes[i]
+      x_ce = augment.dsa(x, k, cfg.strategy, cfg.dsa_mode)
+      ce = lambda th: losses.soft_cross_entropy(network.apply_flat(th, x_ce)[0], y)
+      if cfg.contrast_on and cfg.clr_strategy == "update":
+        def student_loss(th):
+          con = contrast(th, x, cls, k)
+          return ce(th) + cfg.lam * con, con
+        g, con = jax.grad(student_loss, has_aux=True)(theta)
+      else:
+        g = jax.grad(ce)(theta)
+        con = contrast(theta, x, cls, k) if cfg.contrast_on else jnp.zeros((), theta.dtype)
+      return theta - lr * g, con
+
+    if cfg.remat:
+      inner = jax.checkpoint(inner)
+    theta_n, cons = jax.lax.scan(inner, theta0, (idx, aug_keys), unroll=cfg.unroll)
+    l_tm = losses.trajectory_loss(theta_n, theta0, target)
+    l_con = jnp.mean(cons)
+    if cfg.clr_strategy == "fusion" and cfg.contrast_on:
+      total = cfg.alpha * l_con + cfg.beta * l_tm
+    else:
+      total = l_tm
+    return total, (l_tm, l_con)
+
+  return outer_loss
+
+
+def make_distill_step(network: Network, cfg: StepConfig, opt: OuterOptim, syn_classes,
+                      feat_dim: int):
+  """Builds the jit-compiled outer step.
+
+  step(state, trajectories (K, T, P), upper (), key) -> (state, metrics). `upper` is the
+  exclusive upper bound of the start epoch (the difficulty schedule's current value); the
+  expert, start epoch, minibatches and augmentations are all drawn from `key` on device.
+  """
+  syn_classes = jnp.asarray(syn_classes, jnp.int32)
+  outer_loss = make_outer_loss(network, cfg, syn_classes, feat_dim)
+  o_img, o_y, o_lr, o_head = opt.optimizers()
+
+  def step(state: SynState, trajectories, upper, key):
+    k_expert, k_start, _, _, k_head = step_keys(key)
+    expert = jax.random.randint(k_expert, (), 0, trajectories.shape[0])
+    start = jax.random.randint(k_start, (), cfg.min_start_epoch, upper)
+    theta0 = trajectories[expert, start]
+    target = trajectories[expert, start + cfg.expert_epochs]
+    learned = (state.syn_images, state.syn_labels, state.syn_lr, state.head)
+    (total, (l_tm, l_con)), grads = jax.value_and_grad(outer_loss, has_aux=True)(
+        learned, theta0, target, key, k_head)
+    g_img, g_y, g_lr, g_head = grads
+    if not cfg.learn_labels:
+      g_y = jnp.zeros_like(g_y)
+
+    u_img, new_o_img = o_img.update(g_img, state.opt_images)
+    u_y, new_o_y = o_y.update(g_y, state.opt_labels)
+    u_lr, new_o_lr = o_lr.update(g_lr, state.opt_lr)
+    u_head, new_o_head = o_head.update(g_head, state.opt_head)
+    new_lr = state.syn_lr + u_lr
+
+    leaves = jax.tree_util.tree_leaves((total, grads))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
+    lr_ok = jnp.isfinite(new_lr) & (new_lr > 0)
+    status = jnp.where(~finite, NON_FINITE,
+                       jnp.where(l_tm > cfg.threshold, OVER_THRESHOLD,
+                                 jnp.where(~lr_ok, BAD_LR, ACCEPTED)))
+    ok = status == ACCEPTED
+    pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = SynState(
+        syn_images=pick(optax.apply_updates(state.syn_images, u_img), state.syn_images),
+        syn_labels=pick(optax.apply_updates(state.syn_labels, u_y), state.syn_labels),
+        syn_lr=pick(new_lr, state.syn_lr),
+        head=pick(optax.apply_updates(state.head, u_head), state.head),
+        opt_images=pick(new_o_img, state.opt_images),
+        opt_labels=pick(new_o_y, state.opt_labels),
+        opt_lr=pick(new_o_lr, state.opt_lr),
+        opt_head=pick(new_o_head, state.opt_head),
+        iteration=state.iteration + 1)
+    metrics = {"loss": total, "l_tm": l_tm, "l_contrast": l_con, "status": status,
+               "expert": expert, "start_epoch": start, "syn_lr": new_state.syn_lr,
+               "grad_norm_images": jnp.linalg.norm(g_img.ravel())}
+    return new_state, metrics
+
+  return jax.jit(step)
+
+
+def start_epoch_upper(it: int, *, max_start_epoch: int, sequential: bool,
+                      current_max_start_epoch: int, expansion_end: int) -> int:
+  """DATM's difficulty schedule: the exclusive upper bound of the start epoch at iteration it."""
+  if not sequential:
+    return max_start_epoch
+  grow = int((max_start_epoch - current_max_start_epoch) * it / max(expansion_end, 1))
+  return min(max_start_epoch, current_max_start_epoch + grow)
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+def expert_logits(network: Network, final_params: np.ndarray, x: np.ndarray,
+                  chunk: int = 1000) -> np.ndarray:
+  """Logits of each expert on x: final_params (K, P), x (M,H,W,C) -> (K, M, C)."""
+  fwd = jax.jit(jax.vmap(lambda p, xb: network.apply_flat(p, xb)[0], in_axes=(0, None)))
+  return np.concatenate([np.asarray(fwd(final_params, x[i:i + chunk]))
+                         for i in range(0, len(x), chunk)], axis=1)
+
+
+def initial_synset(network: Network, x_train: np.ndarray, y_train: np.ndarray,
+                   final_params: np.ndarray, *, ipc: int, num_classes: int, init: str,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Initial synthetic images and label logits (SPEC §5.6), class-major.
+
+  Args:
+    x_train, y_train: (N, H, W, C) normalised images, (N,) labels.
+    final_params: (K, P) final-epoch expert parameters.
+    init: 'samples_predicted_correctly' (real images expert 0 classifies correctly) or 'real'.
+  Returns:
+    syn_images (C*ipc, H, W, C) and label logits (C*ipc, num_classes): the mean final-epoch
+    logits of the experts that classify the image correctly (all experts if none does).
+  """
+  if init not in ("samples_predicted_correctly", "real"):
+    raise DistillError(f"unknown distill.init {init!r}; use 'samples_predicted_correctly' or "
+                       "'real'")
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for c in range(num_classes):
+    pool = np.flatnonzero(y_train == c)
+    if len(pool) < ipc:
+      raise DistillError(f"ipc={ipc} but class {c} has only {len(pool)} training images; "
+                         "lower distill.ipc")
+    pool = rng.permutation(pool)
+    if init == "samples_predicted_correctly":
+      pred = expert_logits(network, final_params[:1], x_train[pool])[0].argmax(-1)
+      good = pool[pred == c]
+      if len(good) < ipc:
+        logging.warning("class %d: expert 0 classifies only %d images correctly (< ipc %d); "
+                        "filling with other real images", c, len(good), ipc)
+        good = np.concatenate([good, pool[pred != c]])
+      pool = good
+    chosen.append(pool[:ipc])
+  idx = np.concatenate(chosen)
+  images = x_train[idx]
+  logits = expert_logits(network, final_params, images)  # (K, n, C)
+  correct = logits.argmax(-1) == y_train[idx][None]  # (K, n)
+  weight = np.where(correct.any(0)[None], correct, True).astype(np.float32)
+  labels = (logits * weight[..., None]).sum(0) / weight.sum(0)[:, None]
+  return images.astype(np.float32), labels.astype(np.float32)
+
+
+def check_finite_state(state: SynState) -> None:
+  """Raises DistillError if the synthetic set itself holds NaN/inf (a corrupted resume)."""
+  for name in ("syn_images", "syn_labels", "syn_lr"):
+    if not np.all(np.isfinite(np.asarray(getattr(state, name)))):
+      raise DistillError(f"{name} contains NaN or inf; the checkpoint is unusable: delete the "
+                         "distill/ folder of the workdir to restart distillation")
+  if float(state.syn_lr) <= 0:
+    raise DistillError(f"syn_lr is {float(state.syn_lr)} <= 0 in the restored state; lower "
+                       "distill.lr_lr and restart distillation")
+
+
+def run_distillation(step, state: SynState, trajectories, *, iterations: int, seed: int,
+                     schedule, ckpt: checkpointing.StepCheckpoints | None, checkpoint_every: int,
+                     log_every: int, log=None) -> SynState:
+  """The outer loop: runs `step` from state.iteration to `iterations`, checkpointing.
+
+  Iteration i uses key fold_in(PRNGKey(seed), i), so a resumed run continues the very same
+  sequence of experts, start epochs and augmentations.
+  """
+  base = jax.random.PRNGKey(seed)
+  traj = jnp.asarray(trajectories)
+  start = int(state.iteration)
+  counts = {name: 0 for name in STATUS_NAMES.values()}
+  t0 = time.time()
+  for it in range(start, iterations):
+    upper = schedule(it)
+    state, m = step(state, traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
+    status = int(m["status"])
+    counts[STATUS_NAMES[status]] += 1
+    if status == NON_FINITE:
+      logging.warning("iteration %d: non-finite loss or gradient; update skipped", it)
+    elif status == BAD_LR:
+      logging.warning("iteration %d: syn_lr would become %s (not positive); update skipped. "
+                      "If this repeats, lower distill.lr_lr", it, float(m["syn_lr"]))
+    done = it + 1
+    if done % log_every == 0 or done == iterations or status in (NON_FINITE, BAD_LR):
+      rec = {"phase": "distill", "step": done,
+             **{k: float(v) for k, v in m.items() if k not in ("status", "expert")},
+             "expert": int(m["expert"]), "status": STATUS_NAMES[status],
+             "start_upper": upper, "seconds": round(time.time() - t0, 2)}
+      if done % log_every == 0 or done == iterations:
+        rate = (done - start) / max(time.time() - t0, 1e-9)
+        logging.info("distill %d/%d: L_tm %.4f  L_con %.4f  syn_lr %.5f  skipped %d  "
+                     "(%.2f it/s, ~%.0fs left)", done, iterations, rec["l_tm"],
+                     rec["l_contrast"], rec["syn_lr"], done - start - counts["accepted"], rate,
+                     (iterations - done) / max(rate, 1e-9))
+      if log:
+        log(rec)
+    if ckpt is not None and (done % checkpoint_every == 0 or done == iterations):
+      ckpt.save(done, state)
+  if iterations > start:
+    logging.info("distill: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+  return state

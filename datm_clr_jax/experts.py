@@ -1,0 +1,208 @@
+"""Expert trajectories: train K networks on the real set at once and store their parameters.
+
+A trajectory is an array of shape (epochs + 1, P): the flat parameters at initialisation and
+after every epoch (SPEC §4). Experts are independent, so a group of them trains together under
+`jax.vmap`: one compiled epoch updates every expert of the group.
+
+On disk (orbax, through `checkpointing`):
+  experts/meta.json              num_params, epochs, and what the experts were trained on
+  experts/expert_00000/          {'trajectory': (epochs + 1, P)} per finished expert
+  experts/in_progress/           the group being trained, saved after every epoch, so a kill
+                                 loses at most one epoch
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from datm_clr_jax import augment, checkpointing, losses
+from datm_clr_jax.models import Network
+
+
+def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train: int,
+                     strategy: str, dsa_mode: str):
+  """Builds a jitted function training a group of experts for one epoch with plain SGD.
+
+  The returned `epoch(params, keys, x, y)` takes params (K, P), keys (K, 2), images
+  (N, H, W, C) and labels (N,) and returns (new params (K, P), mean train loss (K,)).
+  Each expert draws its own shuffling and augmentation from its key. The last partial
+  batch is dropped, so every step sees `batch_size` images.
+  """
+  steps = num_train // batch_size
+  if steps == 0:
+    raise ValueError(f"expert batch_size {batch_size} exceeds the {num_train} training images")
+
+  def one_expert(params, key, x, y):
+    k_perm, k_aug = jax.random.split(key)
+    order = jax.random.permutation(k_perm, num_train)[:steps * batch_size]
+    order = order.reshape(steps, batch_size)
+    num_classes = network.module.num_classes
+
+    def step(p, xs):
+      idx, k = xs
+      xb = augment.dsa(x[idx], k, strategy, dsa_mode)
+      yb = jax.nn.one_hot(y[idx], num_classes, dtype=xb.dtype)
+      loss, g = jax.value_and_grad(
+          lambda q: losses.soft_cross_entropy(network.apply_flat(q, xb)[0], yb))(p)
+      return p - lr * g, loss
+
+    params, step_losses = jax.lax.scan(step, params, (order, jax.random.split(k_aug, steps)))
+    return params, jnp.mean(step_losses)
+
+  return jax.jit(jax.vmap(one_expert, in_axes=(0, 0, None, None)))
+
+
+def make_accuracy_fn(network: Network, chunk: int = 1000):
+  """Returns acc(params (K, P), x (M,H,W,C), y (M,)) -> (K,) accuracy in [0, 1]."""
+
+  @jax.jit
+  def correct(params, xb, yb):
+    logits = jax.vmap(lambda p: network.apply_flat(p, xb)[0])(params)
+    return jnp.sum(jnp.argmax(logits, -1) == yb[None], axis=-1)
+
+  def acc(params, x, y):
+    total = 0
+    for i in range(0, len(x), chunk):
+      total = total + correct(params, x[i:i + chunk], y[i:i + chunk])
+    return np.asarray(total) / len(x)
+
+  return acc
+
+
+def expert_path(root, k: int) -> Path:
+  return Path(root) / f"expert_{k:05d}"
+
+
+def _write_meta(root: Path, meta: dict) -> None:
+  path = root / "meta.json"
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old != meta:
+      raise checkpointing.CheckpointError(
+          f"{root} holds experts trained with {old}, but this run asks for {meta}; use another "
+          "workdir or delete the experts folder")
+  else:
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=1))
+
+
+def finished_experts(root) -> list[int]:
+  """Indices of the experts whose trajectories are saved in `root`."""
+  root = Path(root)
+  if not root.exists():
+    return []
+  return sorted(int(p.name.split("_")[1]) for p in root.glob("expert_*") if p.is_dir()
+                and not p.name.endswith(".tmp") and p.name.split("_")[1].isdigit())
+
+
+def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, num_experts: int,
+                  epochs: int, lr: float, batch_size: int, parallel: int, strategy: str,
+                  dsa_mode: str, seed: int, image_shape, log=None) -> None:
+  """Trains `num_experts` experts (in groups of `parallel`) and saves their trajectories.
+
+  Already finished experts are skipped and an interrupted group resumes from its last epoch,
+  so calling this again after a kill continues the same run. Expert k's initialisation and
+  data order depend only on (seed, k), not on the grouping.
+
+  Args:
+    network: a stateless Network.
+    x_train, y_train: (N, H, W, C) normalised images and (N,) labels.
+    x_test, y_test: held-out set used only to report expert accuracy.
+    root: the experts directory.
+    log: optional callable(dict) receiving one record per epoch.
+  """
+  root = Path(root)
+  meta = {"num_params": network.num_params, "epochs": epochs, "lr": lr,
+          "batch_size": batch_size, "seed": seed, "image_shape": list(image_shape),
+          "num_classes": network.module.num_classes}
+  _write_meta(root, meta)
+  done = set(finished_experts(root))
+  todo = [k for k in range(num_experts) if k not in done]
+  if not todo:
+    logging.info("experts: all %d already trained in %s", num_experts, root)
+    return
+  epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
+                              strategy=strategy, dsa_mode=dsa_mode)
+  acc_fn = make_accuracy_fn(network)
+  x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
+  base = jax.random.PRNGKey(seed)
+  for g in range(0, len(todo), parallel):
+    group = todo[g:g + parallel]
+    ids = np.asarray(group)
+    traj = np.zeros((len(group), epochs + 1, network.num_params), np.float32)
+    progress = checkpointing.StepCheckpoints(root / "in_progress", keep=1)
+    start_epoch = 0
+    try:
+      resumed = progress.restore_latest({"ids": ids, "trajectory": traj})
+    except checkpointing.CheckpointError as e:
+      logging.warning("experts: ignoring unusable in-progress group (%s)", e)
+      resumed = None
+    if resumed is not None and np.array_equal(resumed[1]["ids"], ids):
+      start_epoch, traj = resumed[0], np.array(resumed[1]["trajectory"])
+      logging.info("experts %s: resuming at epoch %d", group, start_epoch)
+    else:
+      traj[:, 0] = np.stack([network.init_flat(jax.random.fold_in(jax.random.fold_in(base, k), 0),
+                                               image_shape) for k in group])
+    params = jnp.asarray(traj[:, start_epoch])
+    for ep in range(start_epoch, epochs):
+      t0 = time.time()
+      keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, k), ep + 1) for k in group])
+      params, train_loss = epoch_fn(params, keys, x_dev, y_dev)
+      traj[:, ep + 1] = np.asarray(params)
+      progress.save(ep + 1, {"ids": ids, "trajectory": traj})
+      record = {"phase": "experts", "experts": group, "epoch": ep + 1,
+                "train_loss": float(np.mean(train_loss)), "seconds": round(time.time() - t0, 2)}
+      if ep + 1 == epochs or (ep + 1) % max(1, epochs // 5) == 0:
+        record["test_acc"] = float(np.mean(acc_fn(params, x_test, y_test)))
+      logging.info("experts %d-%d epoch %d/%d: loss %.4f%s (%.1fs)", group[0], group[-1],
+                   ep + 1, epochs, record["train_loss"],
+                   f", test acc {100 * record['test_acc']:.2f}%" if "test_acc" in record else "",
+                   record["seconds"])
+      if log:
+        log(record)
+    for i, k in enumerate(group):
+      checkpointing.save_tree(expert_path(root, k), {"trajectory": traj[i]})
+    progress.close()
+    shutil.rmtree(root / "in_progress", ignore_errors=True)
+
+
+def load_trajectories(root, *, num_params: int, num_experts: int | None = None,
+                      min_length: int = 0) -> np.ndarray:
+  """Loads saved trajectories as one array (K, T, P).
+
+  Args:
+    root: experts directory.
+    num_params: expected P (guards against experts of another model or dataset).
+    num_experts: how many to load (default: all finished).
+    min_length: the smallest T the caller will index (max_start_epoch + expert_epochs + 1).
+  """
+  root = Path(root)
+  ids = finished_experts(root)
+  if not ids:
+    raise checkpointing.CheckpointError(
+        f"no expert trajectories in {root}; run --mode=experts first")
+  if num_experts is not None:
+    if len(ids) < num_experts:
+      raise checkpointing.CheckpointError(
+          f"{root} has {len(ids)} finished experts, {num_experts} requested; run --mode=experts")
+    ids = ids[:num_experts]
+  trajs = [checkpointing.restore_tree(expert_path(root, k))["trajectory"] for k in ids]
+  out = np.stack([np.asarray(t) for t in trajs])
+  if out.shape[2] != num_params:
+    raise checkpointing.CheckpointError(
+        f"experts in {root} have {out.shape[2]} parameters, the configured model has "
+        f"{num_params}: they belong to another model or dataset")
+  if out.shape[1] < min_length:
+    raise checkpointing.CheckpointError(
+        f"trajectories in {root} have {out.shape[1]} snapshots, but distillation reads up to "
+        f"index {min_length - 1} (max_start_epoch + expert_epochs); train longer experts or "
+        "lower distill.max_start_epoch")
+  return out

@@ -1,0 +1,227 @@
+"""Networks used for experts, distillation students and evaluation.
+
+Images are NHWC float arrays. Every network is a Flax linen module whose `__call__(x, train)`
+returns `(logits, features)`: `logits` of shape (B, num_classes) and `features` of shape
+(B, feature_dim), the flattened map that feeds the classifier (what the contrastive head reads).
+
+Initialisation follows PyTorch's defaults rather than Flax's (SPEC §2): conv and linear weights
+and biases are uniform in +-1/sqrt(fan_in). Expert statistics and the learned learning rate of
+the reference depend on that scale, so it matters for reproducing its numbers.
+
+Trajectory matching works on *flat* parameter vectors. `Network` bundles a module with the
+ravel/unravel pair so the rest of the code can treat parameters as a 1-D array of length
+`num_params`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+NORMS = ("instance", "batch", "none")
+
+
+def _torch_uniform(fan_in_axes: tuple[int, ...]) -> Callable:
+  """PyTorch default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights."""
+
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = math.prod(shape[a] for a in fan_in_axes)
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _torch_bias(fan_in: int) -> Callable:
+  def init(key, shape, dtype=jnp.float32):
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'im2col' on CPU, 'xla' elsewhere.
+
+  XLA:CPU runs the weight-gradient convolution ~30x slower inside a while loop (lax.scan,
+  fori_loop) than outside it; trajectory matching differentiates convolutions inside scans
+  everywhere. As shifted slices + one matmul, the same convolution differentiates at matmul
+  speed in or out of loops (benchmarked in launch/benchmark_conv.py).
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, padding: int, impl: str) -> jax.Array:
+  """Stride-1 convolution, x (B,H,W,Cin), kernel (kh,kw,Cin,Cout) -> (B,H',W',Cout)."""
+  if resolve_conv_impl(impl) == "xla":
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=[(padding, padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  kh, kw, cin, cout = kernel.shape
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
+                            axis=-1)
+  return patches @ kernel.reshape(kh * kw * cin, cout)
+
+
+class TorchConv(nn.Module):
+  """kxk stride-1 convolution with PyTorch-default initialisation; NHWC, HWIO kernel."""
+
+  features: int
+  kernel_size: int = 3
+  padding: int = 1
+  use_bias: bool = True
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    in_ch = x.shape[-1]
+    fan_in = in_ch * self.kernel_size * self.kernel_size
+    kernel = self.param("kernel", _torch_uniform((0, 1, 2)),
+                        (self.kernel_size, self.kernel_size, in_ch, self.features))
+    y = conv2d(x, kernel.astype(x.dtype), self.padding, self.conv_impl)
+    if self.use_bias:
+      y = y + self.param("bias", _torch_bias(fan_in), (self.features,)).astype(x.dtype)
+    return y
+
+
+class TorchDense(nn.Module):
+  """Linear layer with PyTorch-default initialisation."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", _torch_uniform((0,)), (fan_in, self.features))
+    bias = self.param("bias", _torch_bias(fan_in), (self.features,))
+    return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
+
+
+def make_norm(norm: str, train: bool):
+  """Returns a callable norm layer. 'instance' is GroupNorm with one group per channel."""
+  if norm == "instance":
+    return lambda x: nn.GroupNorm(num_groups=x.shape[-1], epsilon=1e-5)(x)
+  if norm == "batch":
+    # PyTorch's BN momentum 0.1 is Flax's 0.9.
+    return lambda x: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                  epsilon=1e-5)(x)
+  if norm == "none":
+    return lambda x: x
+  raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+class ConvNet(nn.Module):
+  """The MTT/DATM ConvNet: `depth` x [conv3x3 -> norm -> ReLU -> avgpool2], then linear."""
+
+  num_classes: int
+  width: int = 128
+  depth: int = 3
+  norm: str = "instance"
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    for _ in range(self.depth):
+      x = TorchConv(self.width, conv_impl=self.conv_impl)(x)
+      x = make_norm(self.norm, train)(x)
+      x = nn.relu(x)
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    # Flatten channel-major (NCHW order) so the classifier weights line up with PyTorch's.
+    features = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+    return TorchDense(self.num_classes)(features), features
+
+
+def build_module(arch: str, num_classes: int, *, width: int = 128, depth: int = 3,
+                 norm: str = "instance", conv_impl: str = "auto") -> nn.Module:
+  """Builds a network by name. `arch` is 'convnet' (depth from `depth`) or 'convnetd4'."""
+  arch = arch.lower()
+  if norm not in NORMS:
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+  impl = resolve_conv_impl(conv_impl)
+  if arch == "convnet":
+    return ConvNet(num_classes, width=width, depth=depth, norm=norm, conv_impl=impl)
+  if arch == "convnetd4":
+    return ConvNet(num_classes, width=width, depth=4, norm=norm, conv_impl=impl)
+  raise ValueError(f"unknown architecture {arch!r}; expected 'convnet' or 'convnetd4'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A module plus the flat-parameter view trajectory matching needs.
+
+  Attributes:
+    module: the Flax module.
+    unravel: maps a flat vector of shape (num_params,) back to the params pytree.
+    num_params: length of the flat vector.
+    stateful: whether the network carries batch statistics (BatchNorm).
+  """
+
+  module: nn.Module
+  unravel: Callable[[jax.Array], Any]
+  num_params: int
+  stateful: bool
+
+  def init_flat(self, key: jax.Array, image_shape: tuple[int, int, int]) -> jax.Array:
+    """Fresh PyTorch-style parameters, flat, shape (num_params,)."""
+    variables = self.module.init(key, jnp.zeros((1, *image_shape)), train=False)
+    return ravel_pytree(variables["params"])[0]
+
+  def init_variables(self, key: jax.Array, image_shape: tuple[int, int, int]) -> dict:
+    """Fresh variables dict ({'params': ..., 'batch_stats': ...} for BN networks)."""
+    return dict(self.module.init(key, jnp.zeros((1, *image_shape)), train=False))
+
+  def apply_flat(self, flat_params: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Forward pass of a stateless network from flat params.
+
+    Args:
+      flat_params: (num_params,).
+      x: (B, H, W, C) images.
+    Returns:
+      logits (B, num_classes) and features (B, feature_dim).
+    """
+    return self.module.apply({"params": self.unravel(flat_params)}, x, train=True)
+
+
+def make_network(arch: str, num_classes: int, image_shape: tuple[int, int, int], *,
+                 width: int = 128, depth: int = 3, norm: str = "instance",
+                 conv_impl: str = "auto") -> Network:
+  """Builds `Network` for images of shape (H, W, C)."""
+  module = build_module(arch, num_classes, width=width, depth=depth, norm=norm,
+                        conv_impl=conv_impl)
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
+  flat, unravel = ravel_pytree(jax.tree_util.tree_map(
+      lambda s: jnp.zeros(s.shape, s.dtype), variables["params"]))
+  return Network(module=module, unravel=unravel, num_params=int(flat.size),
+                 stateful="batch_stats" in variables)
+
+
+def count_params(arch: str, num_classes: int, image_shape: tuple[int, int, int], **kw) -> int:
+  """Number of trainable parameters (the flat length)."""
+  return make_network(arch, num_classes, image_shape, **kw).num_params
+
+
+class ProjectionHead(nn.Module):
+  """Contrastive projection MLP: features (B, F) -> (B, out_dim) via ReLU hidden layer."""
+
+  hidden: int
+  out_dim: int = 128
+
+  @nn.compact
+  def __call__(self, f):
+    return TorchDense(self.out_dim)(nn.relu(TorchDense(self.hidden)(f)))

@@ -1,0 +1,338 @@
+"""The run: data -> experts -> distillation -> evaluation -> results, in one workdir.
+
+Workdir layout:
+  config.json       the resolved config
+  cache/            decoded data and the fitted ZCA (reused across runs)
+  experts/          expert trajectories (orbax), unless config.experts.dir points elsewhere
+  distill/          distillation checkpoints (orbax), resumed automatically
+  metrics.jsonl     one JSON object per logged step (phase: experts | distill | evaluate)
+  syn_images.png    the distilled images in pixel space, one row per class
+  syn_set.npz       syn_images (whitened and pixel space), syn_labels, syn_lr
+  results.json      accuracies of the distilled set and the random-real baseline
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from datm_clr_jax import augment, checkpointing, data, distill, evaluate, experts, losses
+from datm_clr_jax.models import CONV_IMPLS, NORMS, make_network
+
+MODES = ("all", "experts", "distill", "evaluate")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+
+def _choice(value, allowed, field):
+  if value not in allowed:
+    raise ConfigError(f"config.{field}={value!r} is not one of {list(allowed)}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks values and combinations before anything expensive runs."""
+  d, c = config.distill, config.clr
+  _choice(config.model.norm, NORMS, "model.norm")
+  _choice(config.model.conv_impl, CONV_IMPLS, "model.conv_impl")
+  _choice(config.dsa.mode, augment.MODES, "dsa.mode")
+  _choice(c.view_mode, augment.MODES, "clr.view_mode")
+  _choice(c.strategy, ("fusion", "update", "none"), "clr.strategy")
+  _choice(c.loss, losses.CONTRASTIVE_KINDS, "clr.loss")
+  _choice(c.head, ("random", "learned"), "clr.head")
+  _choice(d.init, ("samples_predicted_correctly", "real"), "distill.init")
+  try:
+    augment.parse_strategy(config.dsa.strategy)
+  except ValueError as e:
+    raise ConfigError(f"config.dsa.strategy: {e}") from None
+  if config.model.norm == "batch":
+    raise ConfigError("config.model.norm='batch' has running statistics, which trajectory "
+                      "matching's flat parameters cannot carry; use 'instance' or 'none'")
+  positive = {"distill.ipc": d.ipc, "distill.num_inner_steps": d.num_inner_steps,
+              "distill.expert_epochs": d.expert_epochs, "experts.epochs": config.experts.epochs,
+              "experts.num_experts": config.experts.num_experts,
+              "experts.parallel": config.experts.parallel, "eval.num_eval": config.eval.num_eval,
+              "eval.epochs": config.eval.epochs, "distill.syn_lr_init": d.syn_lr_init,
+              "clr.temperature": c.temperature, "distill.log_every": d.log_every,
+              "distill.checkpoint_every": d.checkpoint_every, "distill.scan_unroll": d.scan_unroll}
+  for field, v in positive.items():
+    if not v > 0:
+      raise ConfigError(f"config.{field} must be positive, got {v}")
+  if not 0 <= d.min_start_epoch < d.max_start_epoch:
+    raise ConfigError(f"need 0 <= distill.min_start_epoch ({d.min_start_epoch}) < "
+                      f"distill.max_start_epoch ({d.max_start_epoch})")
+  if d.sequential and not d.min_start_epoch < d.current_max_start_epoch <= d.max_start_epoch:
+    raise ConfigError("distill.current_max_start_epoch must lie in (min_start_epoch, "
+                      "max_start_epoch] when distill.sequential is on")
+  if d.max_start_epoch + d.expert_epochs > config.experts.epochs + 1:
+    raise ConfigError(
+        f"distill.max_start_epoch ({d.max_start_epoch}) + distill.expert_epochs "
+        f"({d.expert_epochs}) reads snapshot {d.max_start_epoch - 1 + d.expert_epochs}, but "
+        f"experts.epochs={config.experts.epochs} stores snapshots 0..{config.experts.epochs}")
+  if d.batch_syn < 0:
+    raise ConfigError(f"config.distill.batch_syn must be >= 0, got {d.batch_syn}")
+
+
+def resolve_batch_syn(config, num_syn: int) -> int:
+  b = config.distill.batch_syn or num_syn
+  if b > num_syn or num_syn % b:
+    raise ConfigError(f"config.distill.batch_syn={b} must divide the {num_syn} synthetic images")
+  return b
+
+
+class MetricsLog:
+  """Appends JSON records to metrics.jsonl."""
+
+  def __init__(self, path: Path):
+    self.path = path
+
+  def __call__(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def drop_after(self, phase: str, step: int) -> None:
+    """Removes records of `phase` past `step` (written after the checkpoint a run resumes)."""
+    if not self.path.exists():
+      return
+    keep = [l for l in self.path.read_text().splitlines()
+            if l.strip() and not (json.loads(l).get("phase") == phase
+                                  and json.loads(l).get("step", 0) > step)]
+    self.path.write_text("".join(l + "\n" for l in keep))
+
+
+class Run:
+  """One workdir's run; methods are the phases. Cheap to construct (data loads lazily)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    validate_config(config)
+    self.config = config
+    self.workdir = Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    (self.workdir / "config.json").write_text(config.to_json(indent=1))
+    self.log = MetricsLog(self.workdir / "metrics.jsonl")
+    self.cache_dir = config.data.cache_dir or str(self.workdir / "cache")
+    self.experts_dir = Path(config.experts.dir or self.workdir / "experts")
+    self._prepared = None
+
+  @property
+  def prepared(self) -> data.Prepared:
+    if self._prepared is None:
+      cfg = self.config.data
+      t0 = time.time()
+      ds = data.load_dataset(cfg.source, image_size=cfg.image_size,
+                             data_dir=cfg.data_dir or None, cache_dir=self.cache_dir,
+                             seed=self.config.seed)
+      self._prepared = data.prepare(ds, zca=cfg.zca, zca_eps=cfg.zca_eps,
+                                    cache_dir=self.cache_dir)
+      logging.info("data %s: train %s, test %s, %d classes, ZCA %s (%.1fs)", cfg.source,
+                   ds.x_train.shape, ds.x_test.shape, ds.num_classes, cfg.zca, time.time() - t0)
+      if self.config.distill.ipc > np.bincount(ds.y_train).min():
+        raise ConfigError(f"config.distill.ipc={self.config.distill.ipc} exceeds the "
+                          f"{np.bincount(ds.y_train).min()} images of the smallest class")
+    return self._prepared
+
+  @property
+  def num_classes(self) -> int:
+    return self.prepared.dataset.num_classes
+
+  @property
+  def image_shape(self):
+    return self.prepared.dataset.image_shape
+
+  def network(self, norm: str | None = None):
+    m = self.config.model
+    return make_network(m.arch, self.num_classes, self.image_shape, width=m.width,
+                        depth=m.depth, norm=norm or m.norm, conv_impl=m.conv_impl)
+
+  # --------------------------------------------------------------------------- experts
+  def experts(self) -> None:
+    c, p = self.config.experts, self.prepared
+    t0 = time.time()
+    experts.train_experts(
+        self.network(), p.x_train, p.dataset.y_train, p.x_test, p.dataset.y_test,
+        root=self.experts_dir, num_experts=c.num_experts, epochs=c.epochs, lr=c.lr,
+        batch_size=c.batch_size, parallel=c.parallel, strategy=self.config.dsa.strategy,
+        dsa_mode=self.config.dsa.mode, seed=c.seed, image_shape=self.image_shape, log=self.log)
+    logging.info("experts: done in %.1fs", time.time() - t0)
+
+  # --------------------------------------------------------------------------- distill
+  def _step_setup(self):
+    d, c = self.config.distill, self.config.clr
+    net = self.network()
+    num_syn = d.ipc * self.num_classes
+    step_cfg = distill.StepConfig(
+        num_inner_steps=d.num_inner_steps, expert_epochs=d.expert_epochs,
+        min_start_epoch=d.min_start_epoch, batch_syn=resolve_batch_syn(self.config, num_syn),
+        threshold=d.threshold, strategy=self.config.dsa.strategy, dsa_mode=self.config.dsa.mode,
+        clr_strategy=c.strategy, alpha=c.alpha, beta=c.beta, lam=c.lam, contrastive=c.loss,
+        temperature=c.temperature, view_mode=c.view_mode, head=c.head,
+        proj_hidden=c.proj_hidden, proj_dim=c.proj_dim, learn_labels=d.learn_labels,
+        remat=d.remat, unroll=d.scan_unroll)
+    opt = distill.OuterOptim(lr_img=d.lr_img, lr_lr=d.lr_lr, lr_y=d.lr_y, lr_head=c.lr_head,
+                             momentum_img=d.momentum_img, momentum_lr=d.momentum_lr,
+                             momentum_y=d.momentum_y, momentum_head=c.momentum_head)
+    feat = distill.feature_dim(net, self.image_shape)
+    return net, step_cfg, opt, feat
+
+  def _state_template(self, net, step_cfg, opt, feat):
+    n, h = self.config.distill.ipc * self.num_classes, None
+    if step_cfg.head == "learned" and step_cfg.contrast_on:
+      h = distill.init_head_params(distill.make_head(step_cfg, feat),
+                                   jax.random.PRNGKey(self.config.seed), feat)
+    return distill.init_state(np.zeros((n, *self.image_shape), np.float32),
+                              np.zeros((n, self.num_classes), np.float32),
+                              self.config.distill.syn_lr_init, opt, h)
+
+  def _ckpts(self):
+    return checkpointing.StepCheckpoints(self.workdir / "distill", keep=2)
+
+  def load_state(self) -> distill.SynState | None:
+    """The newest distillation checkpoint, or None."""
+    net, step_cfg, opt, feat = self._step_setup()
+    ckpt = self._ckpts()
+    got = ckpt.restore_latest(self._state_template(net, step_cfg, opt, feat))
+    ckpt.close()
+    if got is None:
+      return None
+    distill.check_finite_state(got[1])
+    return got[1]
+
+  def distill(self) -> distill.SynState:
+    d = self.config.distill
+    net, step_cfg, opt, feat = self._step_setup()
+    trajectories = experts.load_trajectories(
+        self.experts_dir, num_params=net.num_params, num_experts=d.num_experts or None,
+        min_length=d.max_start_epoch + d.expert_epochs)
+    ckpt = self._ckpts()
+    template = self._state_template(net, step_cfg, opt, feat)
+    got = ckpt.restore_latest(template)
+    if got is not None:
+      step, state = got
+      distill.check_finite_state(state)
+      logging.info("distill: resuming from iteration %d", step)
+      self.log.drop_after("distill", step)
+    else:
+      p = self.prepared
+      images, labels = distill.initial_synset(
+          net, p.x_train, p.dataset.y_train, trajectories[:, -1], ipc=d.ipc,
+          num_classes=self.num_classes, init=d.init, seed=self.config.seed)
+      state = template.replace(syn_images=images, syn_labels=labels)
+      self.log.drop_after("distill", 0)
+    syn_classes = np.repeat(np.arange(self.num_classes), d.ipc)
+    step = distill.make_distill_step(net, step_cfg, opt, syn_classes, feat)
+    schedule = lambda it: distill.start_epoch_upper(
+        it, max_start_epoch=d.max_start_epoch, sequential=d.sequential,
+        current_max_start_epoch=d.current_max_start_epoch, expansion_end=d.expansion_end)
+    logging.info("distill: %d synthetic images, N=%d, %d experts, clr=%s (alpha %g), "
+                 "%d iterations", len(syn_classes), d.num_inner_steps, len(trajectories),
+                 step_cfg.clr_strategy if step_cfg.contrast_on else "off", step_cfg.alpha,
+                 d.iterations)
+    t0 = time.time()
+    state = distill.run_distillation(
+        step, state, trajectories, iterations=d.iterations, seed=self.config.seed,
+        schedule=schedule, ckpt=ckpt, checkpoint_every=d.checkpoint_every,
+        log_every=d.log_every, log=self.log)
+    ckpt.close()
+    logging.info("distill: done in %.1fs, syn_lr %.5f", time.time() - t0, float(state.syn_lr))
+    self.save_synset(state)
+    return state
+
+  def save_synset(self, state: distill.SynState) -> None:
+    from datm_clr_jax import visualize
+    p = self.prepared
+    pixels = p.to_pixels(np.asarray(state.syn_images))
+    np.savez(self.workdir / "syn_set.npz", syn_images=np.asarray(state.syn_images),
+             syn_images_pixels=pixels, syn_labels=np.asarray(state.syn_labels),
+             syn_lr=np.asarray(state.syn_lr), class_names=np.asarray(p.dataset.class_names))
+    visualize.save_grid(pixels, self.config.distill.ipc, p.dataset.class_names,
+                        self.workdir / "syn_images.png")
+
+  # --------------------------------------------------------------------------- evaluate
+  def evaluate(self, state: distill.SynState | None = None) -> dict:
+    e, d = self.config.eval, self.config.distill
+    if state is None:
+      state = self.load_state()
+      if state is None:
+        raise checkpointing.CheckpointError(
+            f"no distilled set in {self.workdir / 'distill'}; run --mode=distill first")
+      self.save_synset(state)
+    p = self.prepared
+    net = self.network()
+    cfg = evaluate.EvalConfig(epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
+                              weight_decay=e.weight_decay, strategy=self.config.dsa.strategy,
+                              dsa_mode=self.config.dsa.mode)
+    seeds = [10_000 + 100 * self.config.seed + i for i in range(e.num_eval)]
+    arch = self.config.model.arch
+    t0 = time.time()
+    probs = jax.nn.softmax(np.asarray(state.syn_labels), axis=-1)
+    runs = evaluate.evaluate_synset(net, state.syn_images, probs, float(state.syn_lr),
+                                    p.x_test, p.dataset.y_test, seeds=seeds, cfg=cfg)
+    results = {"dataset": self.config.data.source, "ipc": d.ipc,
+               "method": "datm_clr" if self._step_setup()[1].contrast_on else "datm",
+               "distilled": {arch: evaluate.summarize(runs)},
+               "syn_lr": float(state.syn_lr), "eval_seeds": seeds,
+               "protocol": {"eval_epochs": e.epochs, "num_inner_steps": d.num_inner_steps,
+                            "distill_iterations": d.iterations,
+                            "num_experts": self.config.experts.num_experts,
+                            "expert_epochs_trained": self.config.experts.epochs,
+                            "model": self.config.model.to_dict(),
+                            "selection": "final iteration (no test-set selection)"}}
+    self.log({"phase": "evaluate", "set": "distilled", "arch": arch, "runs": runs,
+              "seconds": round(time.time() - t0, 2)})
+    logging.info("evaluate distilled (%s): %.2f +- %.2f (%.1fs)", arch, np.mean(runs),
+                 np.std(runs), time.time() - t0)
+    if e.random_real:
+      t0 = time.time()
+      subsets = [evaluate.random_real(p.x_train, p.dataset.y_train, ipc=d.ipc,
+                                      num_classes=self.num_classes, seed=s) for s in seeds]
+      xs = np.stack([s[0] for s in subsets])
+      ys = np.stack([s[1] for s in subsets])
+      rr = evaluate.evaluate_synset(net, xs, ys, e.random_real_lr, p.x_test, p.dataset.y_test,
+                                    seeds=seeds, cfg=cfg)
+      results["random_real"] = {arch: evaluate.summarize(rr)}
+      self.log({"phase": "evaluate", "set": "random_real", "arch": arch, "runs": rr,
+                "seconds": round(time.time() - t0, 2)})
+      logging.info("evaluate random real (%s): %.2f +- %.2f (%.1fs)", arch, np.mean(rr),
+                   np.std(rr), time.time() - t0)
+    (self.workdir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def format_table(results: dict) -> str:
+  """A short text table of results.json."""
+  rows = [("set", "arch", "accuracy % (mean +- std)", "runs")]
+  for key, label in (("distilled", f"distilled ({results['method']})"),
+                     ("random_real", "random real")):
+    for arch, r in results.get(key, {}).items():
+      rows.append((label, arch, f"{r['mean']:.2f} +- {r['std']:.2f}",
+                   " ".join(f"{x:.1f}" for x in r["runs"])))
+  widths = [max(len(r[i]) for r in rows) for i in range(4)]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return (f"{results['dataset']}, IPC {results['ipc']}, syn_lr {results['syn_lr']:.5f}\n"
+          + "\n".join(lines))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict | None:
+  """Runs the phases that `mode` names; returns results for 'all' and 'evaluate'."""
+  _choice(mode, MODES, "mode (--mode)")
+  t0 = time.time()
+  r = Run(config, workdir)
+  state = None
+  if mode in ("all", "experts"):
+    r.experts()
+  if mode in ("all", "distill"):
+    state = r.distill()
+  results = None
+  if mode in ("all", "evaluate"):
+    results = r.evaluate(state)
+    print(format_table(results), flush=True)
+  logging.info("run finished in %.1fs; outputs in %s", time.time() - t0, r.workdir)
+  return results

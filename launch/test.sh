@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Fresh machine -> the test suite. Extra arguments go to pytest (e.g. -k distill).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash launch/setup.sh
+set +e
+.venv/bin/python -m pytest -q --durations=10 "$@"
+rc=$?
+set -e
+# pytest's 5 means "no tests collected": treat that as a failure, not silence.
+exit $rc

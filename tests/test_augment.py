@@ -1,0 +1,84 @@
+"""DSA: shapes, differentiability, exactness of flip/crop on hand-made images, modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from datm_clr_jax import augment
+
+X = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3))
+
+
+@pytest.mark.parametrize("name", sorted(augment.OPS))
+def test_op_shape_and_gradient(name):
+  op = augment.OPS[name]
+  y = op(X, jax.random.PRNGKey(1))
+  assert y.shape == X.shape and y.dtype == X.dtype
+  g = jax.grad(lambda x: jnp.sum(op(x, jax.random.PRNGKey(1)) * jnp.arange(x.size).reshape(
+      x.shape)))(X)
+  assert g.shape == X.shape
+  assert float(jnp.abs(g).sum()) > 0, f"{name}: no gradient reaches the pixels"
+
+
+def test_ops_are_deterministic_per_key_and_vary_per_sample():
+  y1 = augment.rotate(X, jax.random.PRNGKey(3))
+  y2 = augment.rotate(X, jax.random.PRNGKey(3))
+  np.testing.assert_array_equal(y1, y2)
+  same = jnp.stack([X[0]] * 4)
+  out = augment.rotate(same, jax.random.PRNGKey(3))
+  assert not np.allclose(out[0], out[1]), "parameters must be drawn per sample"
+
+
+def test_flip_exact():
+  img = jnp.arange(2 * 3 * 4 * 1, dtype=jnp.float32).reshape(2, 3, 4, 1)
+  out = augment.flip(img, jax.random.PRNGKey(0))
+  do = jax.random.bernoulli(jax.random.PRNGKey(0), 0.5, (2, 1, 1, 1))
+  for i in range(2):
+    expected = img[i, :, ::-1] if bool(do[i, 0, 0, 0]) else img[i]
+    np.testing.assert_array_equal(out[i], expected)
+
+
+def test_shift_exact_with_zero_fill():
+  img = jnp.arange(1, 17, dtype=jnp.float32).reshape(1, 4, 4, 1)
+  out = augment._shift(img, jnp.array([1]), jnp.array([-1]))
+  expected = np.zeros((4, 4))
+  expected[:3, 1:] = np.arange(1, 17).reshape(4, 4)[1:, :3]
+  np.testing.assert_array_equal(out[0, :, :, 0], expected)
+
+
+def test_crop_is_an_integer_translation_within_range():
+  img = jnp.zeros((8, 16, 16, 1)).at[:, 8, 8, 0].set(1.0)
+  out = augment.crop(img, jax.random.PRNGKey(5))
+  s = round(0.125 * 16)
+  for i in range(8):
+    ys, xs = np.nonzero(np.asarray(out[i, :, :, 0]))
+    assert len(ys) == 1 and out[i, ys[0], xs[0], 0] == 1.0
+    assert abs(ys[0] - 8) <= s and abs(xs[0] - 8) <= s
+
+
+def test_identity_affine_is_exact():
+  theta = jnp.tile(jnp.array([[1.0, 0, 0], [0, 1.0, 0]]), (4, 1, 1))
+  np.testing.assert_allclose(augment.affine(X, theta), X, atol=1e-6)
+
+
+def test_cutout_zeroes_a_square():
+  out = augment.cutout(jnp.ones((3, 8, 8, 1)), jax.random.PRNGKey(2))
+  zeros = np.asarray(out[..., 0] == 0).sum(axis=(1, 2))
+  assert np.all(zeros > 0) and np.all(zeros <= 16)
+
+
+def test_modes():
+  k = jax.random.PRNGKey(7)
+  single = augment.dsa(X, k, mode="single")
+  multiple = augment.dsa(X, k, mode="multiple")
+  assert single.shape == multiple.shape == X.shape
+  np.testing.assert_array_equal(augment.dsa(X, k, mode="none"), X)
+  # 'single' applies exactly one family: the result equals one of the ops with the same key.
+  _, k_op = jax.random.split(k)
+  candidates = [augment.OPS[n](X, k_op) for n in augment.parse_strategy(augment.DEFAULT_STRATEGY)]
+  assert any(np.allclose(single, c) for c in candidates)
+  with pytest.raises(ValueError, match="unknown DSA op"):
+    augment.dsa(X, k, strategy="color_blur")
+  with pytest.raises(ValueError, match="unknown DSA mode"):
+    augment.dsa(X, k, mode="both")

@@ -1,0 +1,98 @@
+"""Orbax round trips, corrupt checkpoints, expert trajectories and resumed distillation."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from datm_clr_jax import checkpointing, distill, experts, models, pipeline
+
+
+def test_tree_round_trip(tmp_path):
+  tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.int32(7)}}
+  checkpointing.save_tree(tmp_path / "t", tree)
+  got = checkpointing.restore_tree(tmp_path / "t")
+  np.testing.assert_array_equal(got["a"], tree["a"])
+  assert int(got["b"]["c"]) == 7
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+  with pytest.raises(checkpointing.CheckpointError, match="no checkpoint"):
+    checkpointing.restore_tree(tmp_path / "nothing")
+  checkpointing.save_tree(tmp_path / "t", {"a": np.ones(3, np.float32)})
+  for f in (tmp_path / "t").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with pytest.raises(checkpointing.CheckpointError, match="could not be read"):
+    checkpointing.restore_tree(tmp_path / "t")
+
+
+def test_distill_state_round_trip(tmp_path):
+  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-5, lr_y=2.0)
+  rng = np.random.default_rng(0)
+  state = distill.init_state(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 4)), 0.02, opt)
+  state = state.replace(iteration=jnp.int32(5))
+  ckpt = checkpointing.StepCheckpoints(tmp_path / "d", keep=2)
+  ckpt.save(5, state)
+  template = distill.init_state(np.zeros((4, 8, 8, 3)), np.zeros((4, 4)), 0.01, opt)
+  step, got = ckpt.restore_latest(template)
+  assert step == 5
+  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  # A corrupt newest step falls back, loudly, to the previous one.
+  ckpt.save(6, state.replace(iteration=jnp.int32(6)))
+  for f in (tmp_path / "d" / "6").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"x")
+  step, _ = ckpt.restore_latest(template)
+  assert step == 5
+  ckpt.close()
+
+
+def test_expert_trajectories_round_trip_and_resume(tmp_path):
+  net = models.make_network("convnet", 3, (8, 8, 1), width=4, depth=1)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(30, 8, 8, 1)).astype(np.float32)
+  y = np.repeat(np.arange(3), 10).astype(np.int32)
+  kw = dict(root=tmp_path / "experts", epochs=2, lr=0.01, batch_size=10, parallel=2,
+            strategy="flip", dsa_mode="single", seed=0, image_shape=(8, 8, 1))
+  experts.train_experts(net, x, y, x, y, num_experts=2, **kw)
+  traj = experts.load_trajectories(tmp_path / "experts", num_params=net.num_params)
+  assert traj.shape == (2, 3, net.num_params)
+  assert not np.allclose(traj[0, 0], traj[0, 2]) and not np.allclose(traj[0], traj[1])
+  # A third expert resumes from the first two; expert 0 and 1 are not retrained.
+  experts.train_experts(net, x, y, x, y, num_experts=3, **kw)
+  traj3 = experts.load_trajectories(tmp_path / "experts", num_params=net.num_params)
+  np.testing.assert_array_equal(traj3[:2], traj)
+  with pytest.raises(checkpointing.CheckpointError, match="parameters"):
+    experts.load_trajectories(tmp_path / "experts", num_params=5)
+  with pytest.raises(checkpointing.CheckpointError, match="snapshots"):
+    experts.load_trajectories(tmp_path / "experts", num_params=net.num_params, min_length=9)
+  with pytest.raises(checkpointing.CheckpointError, match="trained with"):
+    experts.train_experts(net, x, y, x, y, num_experts=3, **{**kw, "lr": 0.5})
+
+
+def test_resumed_distillation_continues_the_same_run(tmp_path):
+  config = tiny_config()
+  config.eval.random_real = False
+  straight = pipeline.Run(config, str(tmp_path / "a"))
+  straight.experts()
+  full = straight.distill()
+  # Second workdir shares the experts; stop at iteration 2, then resume to 4.
+  config.experts.dir = str(tmp_path / "a" / "experts")
+  config.distill.iterations = 2
+  part = pipeline.Run(config, str(tmp_path / "b"))
+  half = part.distill()
+  assert int(half.iteration) == 2
+  config.distill.iterations = 4
+  resumed = pipeline.Run(config, str(tmp_path / "b")).distill()
+  assert int(resumed.iteration) == 4
+  np.testing.assert_array_equal(resumed.syn_images, full.syn_images)
+  np.testing.assert_array_equal(resumed.syn_labels, full.syn_labels)
+  np.testing.assert_array_equal(resumed.syn_lr, full.syn_lr)
+  lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+  steps = [int(l.split('"step": ')[1].split(",")[0]) for l in lines if '"distill"' in l]
+  assert steps == [1, 2, 3, 4]

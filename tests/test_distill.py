@@ -1,0 +1,192 @@
+"""The distillation step: hypergradients, scan vs Python loop, DATM equivalence, skips."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from datm_clr_jax import augment, distill, losses, models
+
+SHAPE = (8, 8, 3)
+CLASSES = 4
+
+
+def _setup(dtype=jnp.float32, **overrides):
+  net = models.make_network("convnet", CLASSES, SHAPE, width=4, depth=1)
+  # Cheap DSA ops keep XLA compile times low; one scan test runs the full strategy.
+  settings = dict(num_inner_steps=2, expert_epochs=1, min_start_epoch=0, batch_syn=4,
+                  threshold=10.0, proj_dim=6, strategy="color_crop_flip")
+  cfg = distill.StepConfig(**{**settings, **overrides})
+  feat = distill.feature_dim(net, SHAPE)
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  images = jax.random.normal(k[0], (CLASSES, *SHAPE), dtype)
+  labels = jax.random.normal(k[1], (CLASSES, CLASSES), dtype)
+  theta0 = net.init_flat(k[2], SHAPE).astype(dtype)
+  target = theta0 + 0.05 * jax.random.normal(k[3], theta0.shape, dtype)
+  return net, cfg, feat, images, labels, theta0, target
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(clr_strategy="fusion", alpha=0.5),
+    dict(clr_strategy="update", lam=0.5, contrastive="ntxent"),
+])
+def test_hypergradient_matches_finite_differences(overrides):
+  with jax.enable_x64(True):
+    net, cfg, feat, images, labels, theta0, target = _setup(jnp.float64, **overrides)
+    loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+    key, head_key = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    lr = jnp.asarray(0.05, jnp.float64)
+
+    def f(im, lab, r):
+      return loss_fn((im, lab, r, {}), theta0, target, key, head_key)[0]
+
+    f = jax.jit(f)
+    grads = jax.grad(f, argnums=(0, 1, 2))(images, labels, lr)
+    rng = np.random.default_rng(0)
+    eps = 1e-5
+    for i, arg in enumerate((images, labels, lr)):
+      v = jnp.asarray(rng.normal(size=np.shape(arg)))
+      args_p = [images, labels, lr]
+      args_m = [images, labels, lr]
+      args_p[i] = arg + eps * v
+      args_m[i] = arg - eps * v
+      fd = (f(*args_p) - f(*args_m)) / (2 * eps)
+      analytic = jnp.sum(grads[i] * v)
+      assert abs(float(analytic)) > 1e-8, f"argument {i}: zero hypergradient"
+      np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-4, atol=1e-9)
+
+
+def _python_loop_l_tm(net, cfg, images, labels, lr, theta0, target, key):
+  """DATM's inner loop written as a plain Python loop, independently of the scan code."""
+  _, _, k_batch, k_aug, _ = distill.step_keys(key)
+  idx = distill.minibatch_indices(k_batch, images.shape[0], cfg.batch_syn, cfg.num_inner_steps)
+  keys = jax.random.split(k_aug, cfg.num_inner_steps)
+  probs = jax.nn.softmax(labels, axis=-1)
+  theta = theta0
+  for n in range(cfg.num_inner_steps):
+    x = augment.dsa(images[idx[n]], keys[n], cfg.strategy, cfg.dsa_mode)
+    y = probs[idx[n]]
+    g = jax.grad(lambda th: losses.soft_cross_entropy(net.apply_flat(th, x)[0], y))(theta)
+    theta = theta - lr * g
+  return losses.trajectory_loss(theta, theta0, target)
+
+
+@pytest.mark.parametrize("remat,unroll,strategy", [
+    (True, 1, augment.DEFAULT_STRATEGY), (False, 1, "color_crop_flip"),
+    (True, 2, "color_crop_flip")])
+def test_scan_matches_python_loop(remat, unroll, strategy):
+  net, cfg, feat, images, labels, theta0, target = _setup(
+      clr_strategy="none", remat=remat, unroll=unroll, num_inner_steps=3, batch_syn=2,
+      strategy=strategy)
+  loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  key = jax.random.PRNGKey(3)
+  lr = jnp.asarray(0.05)
+
+  def scanned(im, r):
+    return loss_fn((im, labels, r, {}), theta0, target, key, key)[1][0]
+
+  def looped(im, r):
+    return _python_loop_l_tm(net, cfg, im, labels, r, theta0, target, key)
+
+  v1, g1 = jax.jit(jax.value_and_grad(scanned, argnums=(0, 1)))(images, lr)
+  v2, g2 = jax.jit(jax.value_and_grad(looped, argnums=(0, 1)))(images, lr)
+  np.testing.assert_allclose(v1, v2, rtol=1e-5)
+  np.testing.assert_allclose(g1[0], g2[0], rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(g1[1], g2[1], rtol=1e-4)
+
+
+def test_fusion_leaves_the_datm_trajectory_untouched():
+  """Fusion only adds a term to the outer loss: the student path, hence L_tm, is DATM's."""
+  net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="fusion", alpha=0.3)
+  datm_cfg = dataclasses.replace(cfg, clr_strategy="none")
+  key = jax.random.PRNGKey(4)
+  learned = (images, labels, jnp.asarray(0.05), {})
+  fusion = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  datm = distill.make_outer_loss(net, datm_cfg, jnp.arange(CLASSES), feat)
+  total_f, (tm_f, con_f) = jax.jit(fusion)(learned, theta0, target, key, key)
+  total_d, (tm_d, con_d) = jax.jit(datm)(learned, theta0, target, key, key)
+  np.testing.assert_array_equal(tm_f, tm_d)
+  assert float(con_d) == 0 and float(con_f) > 0
+  np.testing.assert_allclose(total_f, tm_f + 0.3 * con_f, rtol=1e-6)
+
+
+@functools.lru_cache(maxsize=None)
+def _state_and_step(lr_lr=1e-7, threshold=10.0):
+  """Cached: each distinct jitted step costs seconds of XLA compilation."""
+  net, cfg, feat, images, labels, theta0, target = _setup(threshold=threshold)
+  opt = distill.OuterOptim(lr_img=10.0, lr_lr=lr_lr, lr_y=1.0)
+  state = distill.init_state(images, labels, 0.01, opt)
+  traj = jnp.stack([theta0, target])[None]  # one expert, two snapshots
+  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  return state, traj, step
+
+
+def test_step_updates_everything_it_learns():
+  state, traj, step = _state_and_step(lr_lr=1e-3)
+  new, m = step(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == distill.ACCEPTED
+  assert not np.allclose(new.syn_images, state.syn_images)
+  assert not np.allclose(new.syn_labels, state.syn_labels)
+  assert float(new.syn_lr) != float(state.syn_lr)
+  assert int(new.iteration) == 1
+
+
+def test_negative_syn_lr_is_skipped():
+  state, traj, step = _state_and_step(lr_lr=1e6)  # a huge lr step drives syn_lr below 0
+  new, m = step(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == distill.BAD_LR
+  np.testing.assert_array_equal(new.syn_images, state.syn_images)
+  np.testing.assert_array_equal(new.syn_lr, state.syn_lr)
+  assert int(new.iteration) == 1
+
+
+def test_nan_is_skipped():
+  state, traj, step = _state_and_step(lr_lr=1e-3)
+  bad = state.replace(syn_images=state.syn_images.at[0, 0, 0, 0].set(jnp.nan))
+  new, m = step(bad, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == distill.NON_FINITE
+  np.testing.assert_array_equal(np.isnan(new.syn_images), np.isnan(bad.syn_images))
+  np.testing.assert_array_equal(new.syn_lr, bad.syn_lr)
+  with pytest.raises(distill.DistillError, match="NaN"):
+    distill.check_finite_state(bad)
+
+
+def test_update_over_threshold_is_skipped():
+  state, traj, step = _state_and_step(threshold=1e-9)
+  new, m = step(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == distill.OVER_THRESHOLD
+  np.testing.assert_array_equal(new.syn_images, state.syn_images)
+
+
+def test_minibatch_indices_are_fresh_permutations():
+  idx = np.asarray(distill.minibatch_indices(jax.random.PRNGKey(0), 6, 2, 7))
+  assert idx.shape == (7, 2)
+  np.testing.assert_array_equal(np.sort(idx[:3].ravel()), np.arange(6))
+  np.testing.assert_array_equal(np.sort(idx[3:6].ravel()), np.arange(6))
+
+
+def test_start_epoch_schedule():
+  kw = dict(max_start_epoch=20, sequential=True, current_max_start_epoch=10, expansion_end=1000)
+  assert distill.start_epoch_upper(0, **kw) == 10
+  assert distill.start_epoch_upper(500, **kw) == 15
+  assert distill.start_epoch_upper(5000, **kw) == 20
+  assert distill.start_epoch_upper(7, **{**kw, "sequential": False}) == 20
+
+
+def test_initial_synset_from_experts():
+  net = models.make_network("convnet", CLASSES, SHAPE, width=4, depth=1)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, *SHAPE)).astype(np.float32)
+  y = np.repeat(np.arange(CLASSES), 10)
+  final = np.stack([net.init_flat(jax.random.PRNGKey(i), SHAPE) for i in range(3)])
+  images, logits = distill.initial_synset(net, x, y, final, ipc=2, num_classes=CLASSES,
+                                          init="real", seed=0)
+  assert images.shape == (8, *SHAPE) and logits.shape == (8, CLASSES)
+  # Class-major: the first ipc images come from class 0.
+  for i, img in enumerate(images):
+    assert y[np.flatnonzero((x == img).all(axis=(1, 2, 3)))[0]] == i // 2
+  with pytest.raises(distill.DistillError, match="ipc=11"):
+    distill.initial_synset(net, x, y, final, ipc=11, num_classes=CLASSES, init="real", seed=0)

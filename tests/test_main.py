@@ -1,0 +1,86 @@
+"""The command line: a tiny end-to-end run, every config file, and bad input."""
+
+import json
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny_config
+from datm_clr_jax import pipeline
+
+TINY_FLAGS = [f"--config.{k}={v}" for k, v in {
+    "data.image_size": 8, "model.width": 8, "model.depth": 1, "experts.num_experts": 2,
+    "experts.epochs": 3, "experts.batch_size": 128, "experts.parallel": 2,
+    "distill.iterations": 3, "distill.num_inner_steps": 2, "distill.max_start_epoch": 2,
+    "distill.current_max_start_epoch": 2, "distill.log_every": 1, "clr.proj_dim": 8,
+    "eval.num_eval": 2, "eval.epochs": 4, "dsa.strategy": "color_crop_flip"}.items()]
+
+
+def _main(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "datm_clr_jax", *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_main_writes_every_output(tmp_path):
+  out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", *TINY_FLAGS)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name in ("config.json", "metrics.jsonl", "syn_images.png", "results.json", "syn_set.npz"):
+    assert (tmp_path / name).exists(), name
+  assert any((tmp_path / "experts").glob("expert_*"))
+  assert any((tmp_path / "distill").iterdir())
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["dataset"] == "digits" and results["ipc"] == 1
+  assert results["method"] == "datm_clr"
+  for key in ("distilled", "random_real"):
+    r = results[key]["convnet"]
+    assert len(r["runs"]) == 2 and 0 <= r["mean"] <= 100 and r["std"] >= 0
+  phases = {json.loads(l)["phase"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()}
+  assert phases == {"experts", "distill", "evaluate"}
+  assert "accuracy" in out.stdout  # the printed table
+  # --mode=evaluate on the finished workdir re-evaluates from the checkpoint.
+  again = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=evaluate",
+                "--config.eval.random_real=false", *TINY_FLAGS)
+  assert again.returncode == 0, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.data.source=mnistt"], "unknown dataset source"),
+    (["--config.data.source=image_folder:/no/such/dir"], "does not exist"),
+    (["--config.distill.ipc=1000"], "exceeds"),
+    (["--config.clr.loss=triplet"], "clr.loss"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, args, message):
+  out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", *args, timeout=120)
+  assert out.returncode != 0
+  assert message in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_unknown_config_field_is_rejected(tmp_path):
+  out = _main(f"--workdir={tmp_path}", "--config.distill.no_such_field=1", timeout=120)
+  assert out.returncode != 0 and "no_such_field" in out.stderr
+
+
+def test_evaluate_without_distillation_says_what_to_do(tmp_path):
+  out = _main(f"--workdir={tmp_path}", "--mode=evaluate", timeout=120)
+  assert out.returncode == 2 and "--mode=distill" in out.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_loads_and_validates(path):
+  config = runpy.run_path(str(path))["get_config"]()
+  pipeline.validate_config(config)
+  assert config.name
+
+
+def test_incompatible_settings_are_named():
+  config = tiny_config()
+  config.distill.max_start_epoch = 10
+  with pytest.raises(pipeline.ConfigError, match="max_start_epoch"):
+    pipeline.validate_config(config)
+  config = tiny_config()
+  config.model.norm = "batch"
+  with pytest.raises(pipeline.ConfigError, match="model.norm"):
+    pipeline.validate_config(config)
