@@ -1,5 +1,7 @@
 """Common defaults: full-scale DATM-CLR on CIFAR-10 IPC 1 (SPEC §8), the base of every config.
 
+Paper (ConvNet, test accuracy %): DATM-CLR 53.0+-0.4, DATM 46.9+-0.5, random real 15.4+-0.3.
+
 Variants load this file and override only what differs. Launch:
   python -m datm_clr_jax --config=configs/default.py --workdir=checkpoints/default
 """

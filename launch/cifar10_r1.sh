@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Protocol R1 (SPEC §10) on the CPU: shared experts, then random real + DATM + DATM-CLR for
+# distillation seeds 0..2, 5 evaluation seeds each. Results: checkpoints/cifar10_r1/*/results.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+ROOT=checkpoints/cifar10_r1
+$PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/experts_run --mode=experts
+for seed in 0 1 2; do
+  for method in datm datm_clr; do
+    alpha=0.1; [ "$method" = datm ] && alpha=0.0
+    $PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/${method}_seed$seed \
+      --config.experts.dir=$ROOT/experts_run/experts --config.data.cache_dir=$ROOT/cache \
+      --config.seed=$seed --config.clr.alpha=$alpha --mode=distill
+    $PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/${method}_seed$seed \
+      --config.experts.dir=$ROOT/experts_run/experts --config.data.cache_dir=$ROOT/cache \
+      --config.seed=$seed --config.clr.alpha=$alpha --mode=evaluate
+  done
+done
