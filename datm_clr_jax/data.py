@@ -8,6 +8,9 @@ A source string names where the data comes from:
   'image_folder:<dir or zip>'  train/<class>/*, test/<class>/* image files.
   'npz:<file>'                 arrays x_train, y_train, x_test, y_test (uint8 0..255 or float
                                0..1, NHWC or NHW), optional class_names.
+  'tiny_imagenet:<dir>'        the standard tiny-imagenet-200/ folder (train/<wnid>/images/*,
+                               the flat val/images/ labelled by val/val_annotations.txt, used
+                               as the test split); <dir> may also be its parent.
 
 Every loader returns a `Dataset` of float32 images in [0, 1], NHWC. ZCA whitening (SPEC §1) is
 fitted once on the training images and cached as an .npz keyed by a fingerprint of the data.
@@ -178,6 +181,44 @@ def load_npz(path: str) -> Dataset:
                  _to_float(arrays["x_test"]), arrays["y_test"].astype(np.int32), names)
 
 
+def load_tiny_imagenet(path: str) -> Dataset:
+  """Tiny-ImageNet-200 from its standard folder; val/ (flat, with annotations) is the test set."""
+  root = Path(path)
+  if (root / "tiny-imagenet-200").is_dir():
+    root = root / "tiny-imagenet-200"
+  ann = root / "val" / "val_annotations.txt"
+  if not (root / "train").is_dir() or not ann.exists():
+    raise DataError(f"{path!r} is not a tiny-imagenet-200 folder: it needs train/<wnid>/images/ "
+                    "and val/images/ with val/val_annotations.txt")
+  wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+  index = {w: i for i, w in enumerate(wnids)}
+  words = {}
+  if (root / "words.txt").exists():
+    for line in (root / "words.txt").read_text().splitlines():
+      wnid, _, name = line.partition("\t")
+      words[wnid] = name.split(",")[0].strip()
+  xs, ys = [], []
+  for w in wnids:
+    for f in sorted((root / "train" / w / "images").glob("*")):
+      if f.suffix.lower() in IMAGE_EXTS:
+        xs.append(_decode(f.read_bytes()))
+        ys.append(index[w])
+  if not xs:
+    raise DataError(f"no training images under {root / 'train'}")
+  vx, vy = [], []
+  for line in ann.read_text().splitlines():
+    parts = line.split("\t")
+    if len(parts) < 2:
+      continue
+    if parts[1] not in index:
+      raise DataError(f"{ann} labels {parts[0]} with {parts[1]!r}, a class absent from train/")
+    vx.append(_decode((root / "val" / "images" / parts[0]).read_bytes()))
+    vy.append(index[parts[1]])
+  return Dataset(f"tiny_imagenet:{path}", _to_float(np.stack(xs)), np.asarray(ys, np.int32),
+                 _to_float(np.stack(vx)), np.asarray(vy, np.int32),
+                 [words.get(w, w) for w in wnids])
+
+
 def resize(x: np.ndarray, size: int) -> np.ndarray:
   """Bilinear resize of (N, H, W, C) images to (N, size, size, C)."""
   if x.shape[1] == size and x.shape[2] == size:
@@ -232,9 +273,11 @@ def load_dataset(source: str, *, image_size: int = 0, data_dir: str | None = Non
     ds = _cached(cache_dir, source, lambda: load_image_folder(arg))
   elif kind == "npz" and arg:
     ds = load_npz(arg)
+  elif kind == "tiny_imagenet" and arg:
+    ds = _cached(cache_dir, source, lambda: load_tiny_imagenet(arg))
   else:
     raise DataError(f"unknown dataset source {source!r}; use 'digits', 'tfds:<name>', "
-                    "'image_folder:<dir or zip>' or 'npz:<file>'")
+                    "'image_folder:<dir or zip>', 'npz:<file>' or 'tiny_imagenet:<dir>'")
   if image_size:
     ds = dataclasses.replace(ds, x_train=resize(ds.x_train, image_size),
                              x_test=resize(ds.x_test, image_size))

@@ -111,3 +111,28 @@ def test_shared_cifar10_zip_loads(tmp_path):
   np.testing.assert_allclose(ds.x_train.mean(axis=(0, 1, 2), dtype=np.float64),
                              [0.4913, 0.4821, 0.4465],
                              atol=2e-3)
+
+
+def test_tiny_imagenet_folder(tmp_path):
+  root = tmp_path / "tiny-imagenet-200"
+  wnids = ["n02", "n01"]
+  for k, w in enumerate(wnids):
+    d = root / "train" / w / "images"
+    d.mkdir(parents=True)
+    for i in range(2):
+      (d / f"{w}_{i}.JPEG").write_bytes(_png(40 * (k + 1)))
+  (root / "val" / "images").mkdir(parents=True)
+  lines = []
+  for i, w in enumerate(["n01", "n02", "n01"]):
+    (root / "val" / "images" / f"val_{i}.JPEG").write_bytes(_png(40 * (wnids.index(w) + 1)))
+    lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t5\t5")
+  (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+  (root / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\ttabby, cat\n")
+  ds = data.load_dataset(f"tiny_imagenet:{tmp_path}")
+  assert ds.class_names == ["goldfish", "tabby"]  # sorted wnids: n01, n02
+  assert ds.x_train.shape == (4, 6, 6, 3) and ds.x_test.shape == (3, 6, 6, 3)
+  np.testing.assert_array_equal(ds.y_test, [0, 1, 0])
+  # Labels follow the annotation file, not file order: val_1 is n02 (pixel value 40).
+  np.testing.assert_allclose(ds.x_test[1].mean(), 40 / 255, atol=1e-6)
+  with pytest.raises(data.DataError, match="not a tiny-imagenet-200 folder"):
+    data.load_dataset(f"tiny_imagenet:{tmp_path / 'nope'}")
