@@ -190,3 +190,30 @@ def test_initial_synset_from_experts():
     assert y[np.flatnonzero((x == img).all(axis=(1, 2, 3)))[0]] == i // 2
   with pytest.raises(distill.DistillError, match="ipc=11"):
     distill.initial_synset(net, x, y, final, ipc=11, num_classes=CLASSES, init="real", seed=0)
+
+
+def test_learned_head_is_updated_by_the_outer_optimiser():
+  net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="fusion", alpha=1.0,
+                                                          head="learned")
+  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-7, lr_y=1.0, lr_head=0.5)
+  head = distill.init_head_params(distill.make_head(cfg, feat), jax.random.PRNGKey(9), feat)
+  state = distill.init_state(images, labels, 0.01, opt, head)
+  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  new, m = step(state, jnp.stack([theta0, target])[None], jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == distill.ACCEPTED and float(m["l_contrast"]) > 0
+  changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), new.head, state.head)
+  assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_contrastive_update_changes_the_student_path():
+  """Eq. 4: the contrastive term enters the student step, so L_tm differs from DATM's."""
+  net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="update", lam=1.0)
+  learned = (images, labels, jnp.asarray(0.05), {})
+  key = jax.random.PRNGKey(4)
+  upd = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  datm = distill.make_outer_loss(net, dataclasses.replace(cfg, clr_strategy="none"),
+                                 jnp.arange(CLASSES), feat)
+  total_u, (tm_u, con_u) = jax.jit(upd)(learned, theta0, target, key, key)
+  _, (tm_d, _) = jax.jit(datm)(learned, theta0, target, key, key)
+  assert float(con_u) > 0 and abs(float(tm_u) - float(tm_d)) > 1e-7
+  np.testing.assert_allclose(total_u, tm_u)  # the outer loss is L_tm alone
