@@ -64,28 +64,30 @@ def resolve_conv_impl(impl: str) -> str:
   return impl
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, padding: int, impl: str) -> jax.Array:
-  """Stride-1 convolution, x (B,H,W,Cin), kernel (kh,kw,Cin,Cout) -> (B,H',W',Cout)."""
+def conv2d(x: jax.Array, kernel: jax.Array, padding: int, impl: str,
+           stride: int = 1) -> jax.Array:
+  """Convolution, x (B,H,W,Cin), kernel (kh,kw,Cin,Cout) -> (B,H',W',Cout)."""
   if resolve_conv_impl(impl) == "xla":
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding=[(padding, padding)] * 2,
+        x, kernel, window_strides=(stride, stride), padding=[(padding, padding)] * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   kh, kw, cin, cout = kernel.shape
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-  patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
-                            axis=-1)
+  patches = jnp.concatenate(
+      [xp[:, i:i + h:stride, j:j + w:stride, :] for i in range(kh) for j in range(kw)], axis=-1)
   return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
 class TorchConv(nn.Module):
-  """kxk stride-1 convolution with PyTorch-default initialisation; NHWC, HWIO kernel."""
+  """kxk convolution with PyTorch-default initialisation; NHWC, HWIO kernel."""
 
   features: int
   kernel_size: int = 3
   padding: int = 1
   use_bias: bool = True
   conv_impl: str = "auto"
+  stride: int = 1
 
   @nn.compact
   def __call__(self, x):
@@ -93,7 +95,7 @@ class TorchConv(nn.Module):
     fan_in = in_ch * self.kernel_size * self.kernel_size
     kernel = self.param("kernel", _torch_uniform((0, 1, 2)),
                         (self.kernel_size, self.kernel_size, in_ch, self.features))
-    y = conv2d(x, kernel.astype(x.dtype), self.padding, self.conv_impl)
+    y = conv2d(x, kernel.astype(x.dtype), self.padding, self.conv_impl, self.stride)
     if self.use_bias:
       y = y + self.param("bias", _torch_bias(fan_in), (self.features,)).astype(x.dtype)
     return y
@@ -141,14 +143,102 @@ class ConvNet(nn.Module):
       x = make_norm(self.norm, train)(x)
       x = nn.relu(x)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    # Flatten channel-major (NCHW order) so the classifier weights line up with PyTorch's.
-    features = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+    features = _nchw_flatten(x)
     return TorchDense(self.num_classes)(features), features
+
+
+def _nchw_flatten(x):
+  """Flatten channel-major, as PyTorch's x.view(B, -1) on NCHW, so weights line up."""
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+class BasicBlock(nn.Module):
+  """ResNet basic block: two bias-free 3x3 convs with norms, 1x1 projection when shapes change."""
+
+  features: int
+  stride: int
+  norm: str
+  conv_impl: str
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = lambda f, k, s, p: TorchConv(f, kernel_size=k, padding=p, use_bias=False,
+                                        conv_impl=self.conv_impl, stride=s)
+    y = nn.relu(make_norm(self.norm, train)(conv(self.features, 3, self.stride, 1)(x)))
+    y = make_norm(self.norm, train)(conv(self.features, 3, 1, 1)(y))
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = make_norm(self.norm, train)(conv(self.features, 1, self.stride, 0)(x))
+    return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+  """CIFAR ResNet18 (SPEC §2): 3x3 stride-1 stem, no max-pool, [2,2,2,2] basic blocks."""
+
+  num_classes: int
+  norm: str = "instance"
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = TorchConv(64, use_bias=False, conv_impl=self.conv_impl)(x)
+    x = nn.relu(make_norm(self.norm, train)(x))
+    for i, width in enumerate((64, 128, 256, 512)):
+      for j in range(2):
+        x = BasicBlock(width, 2 if (i > 0 and j == 0) else 1, self.norm, self.conv_impl)(x, train)
+    features = jnp.mean(x, axis=(1, 2))  # the reference's 4x4 average pool at 32 px
+    return TorchDense(self.num_classes)(features), features
+
+
+VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(nn.Module):
+  """VGG11 (SPEC §2): conv3x3 + norm + ReLU blocks with max-pools, linear 512 -> classes."""
+
+  num_classes: int
+  norm: str = "instance"
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    for v in VGG11_CFG:
+      if v == "M":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      else:
+        x = nn.relu(make_norm(self.norm, train)(TorchConv(v, conv_impl=self.conv_impl)(x)))
+    features = _nchw_flatten(x)
+    return TorchDense(self.num_classes)(features), features
+
+
+class AlexNet(nn.Module):
+  """The CIFAR AlexNet of the reference (SPEC §2), no normalisation."""
+
+  num_classes: int
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv = lambda f, k, p: TorchConv(f, kernel_size=k, padding=p, conv_impl=self.conv_impl)
+    pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))
+    x = pool(nn.relu(conv(128, 5, 2)(x)))
+    x = pool(nn.relu(conv(192, 5, 2)(x)))
+    x = nn.relu(conv(256, 3, 1)(x))
+    x = nn.relu(conv(192, 3, 1)(x))
+    x = pool(nn.relu(conv(192, 3, 1)(x)))
+    features = _nchw_flatten(x)
+    return TorchDense(self.num_classes)(features), features
+
+
+ARCHS = ("convnet", "convnetd4", "resnet18", "resnet18_bn", "vgg11", "vgg11_bn", "alexnet")
 
 
 def build_module(arch: str, num_classes: int, *, width: int = 128, depth: int = 3,
                  norm: str = "instance", conv_impl: str = "auto") -> nn.Module:
-  """Builds a network by name. `arch` is 'convnet' (depth from `depth`) or 'convnetd4'."""
+  """Builds a network by name (one of ARCHS).
+
+  `width`, `depth` and `norm` apply to the ConvNets; the cross-architecture networks fix their
+  own widths, and their `_bn` variants use batch norm (with running statistics).
+  """
   arch = arch.lower()
   if norm not in NORMS:
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
@@ -157,7 +247,15 @@ def build_module(arch: str, num_classes: int, *, width: int = 128, depth: int = 
     return ConvNet(num_classes, width=width, depth=depth, norm=norm, conv_impl=impl)
   if arch == "convnetd4":
     return ConvNet(num_classes, width=width, depth=4, norm=norm, conv_impl=impl)
-  raise ValueError(f"unknown architecture {arch!r}; expected 'convnet' or 'convnetd4'")
+  if arch in ("resnet18", "resnet18_bn"):
+    return ResNet18(num_classes, norm="batch" if arch.endswith("_bn") else "instance",
+                    conv_impl=impl)
+  if arch in ("vgg11", "vgg11_bn"):
+    return VGG11(num_classes, norm="batch" if arch.endswith("_bn") else "instance",
+                 conv_impl=impl)
+  if arch == "alexnet":
+    return AlexNet(num_classes, conv_impl=impl)
+  raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
 
 
 @dataclasses.dataclass(frozen=True)

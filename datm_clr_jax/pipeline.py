@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from datm_clr_jax import augment, checkpointing, data, distill, evaluate, experts, losses
-from datm_clr_jax.models import CONV_IMPLS, NORMS, make_network
+from datm_clr_jax.models import ARCHS, CONV_IMPLS, NORMS, make_network
 
 MODES = ("all", "experts", "distill", "evaluate")
 
@@ -42,6 +42,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   d, c = config.distill, config.clr
   _choice(config.model.norm, NORMS, "model.norm")
   _choice(config.model.conv_impl, CONV_IMPLS, "model.conv_impl")
+  for arch in config.eval.archs:
+    _choice(arch, ARCHS, "eval.archs")
   _choice(config.dsa.mode, augment.MODES, "dsa.mode")
   _choice(c.view_mode, augment.MODES, "clr.view_mode")
   _choice(c.strategy, ("fusion", "update", "none"), "clr.strategy")
@@ -146,10 +148,20 @@ class Run:
   def image_shape(self):
     return self.prepared.dataset.image_shape
 
-  def network(self, norm: str | None = None):
+  def network(self, arch: str | None = None):
+    """The distillation network, or evaluation network `arch` (same ConvNet settings)."""
     m = self.config.model
-    return make_network(m.arch, self.num_classes, self.image_shape, width=m.width,
-                        depth=m.depth, norm=norm or m.norm, conv_impl=m.conv_impl)
+    arch = arch or m.arch
+    try:
+      net = make_network(arch, self.num_classes, self.image_shape, width=m.width,
+                         depth=m.depth, norm=m.norm, conv_impl=m.conv_impl)
+      ok = distill.feature_dim(net, self.image_shape) > 0
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      raise ConfigError(f"architecture {arch!r} does not fit {self.image_shape} images (its "
+                        "pooling stages shrink them to nothing); use larger data.image_size")
+    return net
 
   # --------------------------------------------------------------------------- experts
   def experts(self) -> None:
@@ -264,43 +276,40 @@ class Run:
             f"no distilled set in {self.workdir / 'distill'}; run --mode=distill first")
       self.save_synset(state)
     p = self.prepared
-    net = self.network()
     cfg = evaluate.EvalConfig(epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
                               weight_decay=e.weight_decay, strategy=self.config.dsa.strategy,
                               dsa_mode=self.config.dsa.mode)
     seeds = [10_000 + 100 * self.config.seed + i for i in range(e.num_eval)]
-    arch = self.config.model.arch
-    t0 = time.time()
     probs = jax.nn.softmax(np.asarray(state.syn_labels), axis=-1)
-    runs = evaluate.evaluate_synset(net, state.syn_images, probs, float(state.syn_lr),
-                                    p.x_test, p.dataset.y_test, seeds=seeds, cfg=cfg)
     results = {"dataset": self.config.data.source, "ipc": d.ipc,
                "method": "datm_clr" if self._step_setup()[1].contrast_on else "datm",
-               "distilled": {arch: evaluate.summarize(runs)},
-               "syn_lr": float(state.syn_lr), "eval_seeds": seeds,
+               "distilled": {}, "syn_lr": float(state.syn_lr), "eval_seeds": seeds,
                "protocol": {"eval_epochs": e.epochs, "num_inner_steps": d.num_inner_steps,
                             "distill_iterations": d.iterations,
                             "num_experts": self.config.experts.num_experts,
                             "expert_epochs_trained": self.config.experts.epochs,
                             "model": self.config.model.to_dict(),
                             "selection": "final iteration (no test-set selection)"}}
-    self.log({"phase": "evaluate", "set": "distilled", "arch": arch, "runs": runs,
-              "seconds": round(time.time() - t0, 2)})
-    logging.info("evaluate distilled (%s): %.2f +- %.2f (%.1fs)", arch, np.mean(runs),
-                 np.std(runs), time.time() - t0)
     if e.random_real:
-      t0 = time.time()
+      results["random_real"] = {}
       subsets = [evaluate.random_real(p.x_train, p.dataset.y_train, ipc=d.ipc,
                                       num_classes=self.num_classes, seed=s) for s in seeds]
-      xs = np.stack([s[0] for s in subsets])
-      ys = np.stack([s[1] for s in subsets])
-      rr = evaluate.evaluate_synset(net, xs, ys, e.random_real_lr, p.x_test, p.dataset.y_test,
-                                    seeds=seeds, cfg=cfg)
-      results["random_real"] = {arch: evaluate.summarize(rr)}
-      self.log({"phase": "evaluate", "set": "random_real", "arch": arch, "runs": rr,
-                "seconds": round(time.time() - t0, 2)})
-      logging.info("evaluate random real (%s): %.2f +- %.2f (%.1fs)", arch, np.mean(rr),
-                   np.std(rr), time.time() - t0)
+      rr_images = np.stack([s[0] for s in subsets])
+      rr_labels = np.stack([s[1] for s in subsets])
+    for arch in e.archs:
+      net = self.network(arch)
+      sets = [("distilled", state.syn_images, probs, float(state.syn_lr))]
+      if e.random_real:
+        sets.append(("random_real", rr_images, rr_labels, e.random_real_lr))
+      for name, images, labels, lr in sets:
+        t0 = time.time()
+        runs = evaluate.evaluate_synset(net, images, labels, lr, p.x_test, p.dataset.y_test,
+                                        seeds=seeds, cfg=cfg)
+        results[name][arch] = evaluate.summarize(runs)
+        self.log({"phase": "evaluate", "set": name, "arch": arch, "runs": runs,
+                  "seconds": round(time.time() - t0, 2)})
+        logging.info("evaluate %s (%s): %.2f +- %.2f (%.1fs)", name.replace("_", " "), arch,
+                     np.mean(runs), np.std(runs), time.time() - t0)
     (self.workdir / "results.json").write_text(json.dumps(results, indent=1))
     return results
 

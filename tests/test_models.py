@@ -63,3 +63,52 @@ def test_unknown_arch_and_norm():
     models.build_module("resnet99", 10)
   with pytest.raises(ValueError, match="unknown norm"):
     models.build_module("convnet", 10, norm="layer")
+
+
+def _conv(cin, cout, k, bias=True):
+  return cin * k * k * cout + (cout if bias else 0)
+
+
+def test_cross_architecture_param_counts():
+  """Counts from the layer lists of SPEC §2, added up by hand here."""
+  # ResNet18: stem, 4 stages of 2 basic blocks (two 3x3 convs + norms), 1x1 projections.
+  resnet = _conv(3, 64, 3, False) + 2 * 64
+  cin = 64
+  for width in (64, 128, 256, 512):
+    for j in range(2):
+      resnet += _conv(cin, width, 3, False) + _conv(width, width, 3, False) + 4 * width
+      if cin != width:
+        resnet += _conv(cin, width, 1, False) + 2 * width
+      cin = width
+  resnet += 512 * 10 + 10
+  assert resnet == 11_173_962  # the familiar CIFAR ResNet18 figure
+  vgg, cin = 0, 3
+  for v in models.VGG11_CFG:
+    if v != "M":
+      vgg += _conv(cin, v, 3) + 2 * v
+      cin = v
+  vgg += 512 * 10 + 10
+  alex = (_conv(3, 128, 5) + _conv(128, 192, 5) + _conv(192, 256, 3) + _conv(256, 192, 3)
+          + _conv(192, 192, 3) + 192 * 4 * 4 * 10 + 10)
+  for arch, expected in (("resnet18", resnet), ("resnet18_bn", resnet), ("vgg11", vgg),
+                         ("alexnet", alex)):
+    assert models.count_params(arch, 10, (32, 32, 3)) == expected, arch
+  assert models.make_network("resnet18_bn", 10, (32, 32, 3)).stateful
+  assert not models.make_network("resnet18", 10, (32, 32, 3)).stateful
+
+
+@pytest.mark.parametrize("arch,size", [("resnet18", 8), ("vgg11", 32), ("alexnet", 32)])
+def test_cross_architecture_forward(arch, size):
+  module = models.build_module(arch, 7)
+  x = jnp.zeros((2, size, size, 3))
+  variables = module.init(jax.random.PRNGKey(0), x, train=False)
+  logits, feats = module.apply(variables, x, train=False)
+  assert logits.shape == (2, 7) and feats.ndim == 2
+
+
+def test_strided_im2col_matches_xla():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  for k, pad in ((3, 1), (1, 0)):
+    w = jax.random.normal(jax.random.PRNGKey(k), (k, k, 3, 4))
+    np.testing.assert_allclose(models.conv2d(x, w, pad, "xla", 2),
+                               models.conv2d(x, w, pad, "im2col", 2), atol=1e-5)
