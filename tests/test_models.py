@@ -97,7 +97,8 @@ def test_cross_architecture_param_counts():
   assert not models.make_network("resnet18", 10, (32, 32, 3)).stateful
 
 
-@pytest.mark.parametrize("arch,size", [("resnet18", 8), ("vgg11", 32), ("alexnet", 32)])
+# VGG11's shapes are traced by the parameter-count test; a full forward compile costs ~20 s.
+@pytest.mark.parametrize("arch,size", [("resnet18", 8), ("alexnet", 32)])
 def test_cross_architecture_forward(arch, size):
   module = models.build_module(arch, 7)
   x = jnp.zeros((2, size, size, 3))
