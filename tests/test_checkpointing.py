@@ -1,6 +1,5 @@
 """Orbax round trips, corrupt checkpoints, expert trajectories and resumed distillation."""
 
-import shutil
 
 import jax
 import jax.numpy as jnp
