@@ -65,9 +65,6 @@ class StepCheckpoints:
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
   def save(self, step: int, tree: Any) -> None:
     self._manager.save(step, args=ocp.args.StandardSave(
         jax.tree_util.tree_map(np.asarray, tree)), force=True)

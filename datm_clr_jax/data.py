@@ -378,8 +378,7 @@ def prepare(ds: Dataset, *, zca: bool, zca_eps: float = 0.1,
   if zca:
     t = fit_zca_cached(ds.x_train, zca_eps, cache_dir)
     return Prepared(ds, t.apply(ds.x_train), t.apply(ds.x_test), t)
-  c = ds.x_train.shape[-1]
-  if c == 3 and ds.name in ("tfds:cifar10", "tfds:cifar100") or "cifar" in ds.name.lower():
+  if "cifar" in ds.name.lower():
     mean, std = np.asarray(CIFAR_MEAN, np.float32), np.asarray(CIFAR_STD, np.float32)
   else:
     # float64 accumulation: float32 sums of ~10^7 pixels saturate.

@@ -264,6 +264,7 @@ def make_distill_step(network: Network, cfg: StepConfig, opt: OuterOptim, syn_cl
         iteration=state.iteration + 1)
     metrics = {"loss": total, "l_tm": l_tm, "l_contrast": l_con, "status": status,
                "expert": expert, "start_epoch": start, "syn_lr": new_state.syn_lr,
+               "proposed_syn_lr": new_lr,
                "grad_norm_images": jnp.linalg.norm(g_img.ravel())}
     return new_state, metrics
 
@@ -343,44 +344,59 @@ def check_finite_state(state: SynState) -> None:
                        "distill.lr_lr and restart distillation")
 
 
+def _report(pending, *, start: int, iterations: int, log_every: int, counts: dict, t0: float,
+            log) -> None:
+  """Counts, warns about and logs a batch of fetched per-iteration metrics."""
+  for done, upper, m in pending:
+    status = int(m.pop("status"))
+    counts[STATUS_NAMES[status]] += 1
+    if status == NON_FINITE:
+      logging.warning("iteration %d: non-finite loss or gradient; update skipped", done - 1)
+    elif status == BAD_LR:
+      logging.warning("iteration %d: syn_lr would become %s (not positive); update skipped. "
+                      "If this repeats, lower distill.lr_lr", done - 1, float(m["proposed_syn_lr"]))
+    at_log_step = done % log_every == 0 or done == iterations
+    if not (at_log_step or status in (NON_FINITE, BAD_LR)):
+      continue
+    rec = {"phase": "distill", "step": done, **{k: float(v) for k, v in m.items()},
+           "expert": int(m["expert"]), "status": STATUS_NAMES[status], "start_upper": upper,
+           "seconds": round(time.time() - t0, 2)}
+    if at_log_step:
+      rate = (done - start) / max(time.time() - t0, 1e-9)
+      logging.info("distill %d/%d: L_tm %.4f  L_con %.4f  syn_lr %.5f  skipped %d  "
+                   "(%.2f it/s, ~%.0fs left)", done, iterations, rec["l_tm"], rec["l_contrast"],
+                   rec["syn_lr"], done - start - counts["accepted"], rate,
+                   (iterations - done) / max(rate, 1e-9))
+    if log:
+      log(rec)
+
+
 def run_distillation(step, state: SynState, trajectories, *, iterations: int, seed: int,
                      schedule, ckpt: checkpointing.StepCheckpoints | None, checkpoint_every: int,
                      log_every: int, log=None) -> SynState:
   """The outer loop: runs `step` from state.iteration to `iterations`, checkpointing.
 
   Iteration i uses key fold_in(PRNGKey(seed), i), so a resumed run continues the very same
-  sequence of experts, start epochs and augmentations.
+  sequence of experts, start epochs and augmentations. Metrics stay on device and are fetched
+  once per `log_every` iterations (or checkpoint), so the host never waits on each step.
   """
   base = jax.random.PRNGKey(seed)
   traj = jnp.asarray(trajectories)
   start = int(state.iteration)
   counts = {name: 0 for name in STATUS_NAMES.values()}
   t0 = time.time()
+  pending = []
   for it in range(start, iterations):
     upper = schedule(it)
     state, m = step(state, traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
-    status = int(m["status"])
-    counts[STATUS_NAMES[status]] += 1
-    if status == NON_FINITE:
-      logging.warning("iteration %d: non-finite loss or gradient; update skipped", it)
-    elif status == BAD_LR:
-      logging.warning("iteration %d: syn_lr would become %s (not positive); update skipped. "
-                      "If this repeats, lower distill.lr_lr", it, float(m["syn_lr"]))
     done = it + 1
-    if done % log_every == 0 or done == iterations or status in (NON_FINITE, BAD_LR):
-      rec = {"phase": "distill", "step": done,
-             **{k: float(v) for k, v in m.items() if k not in ("status", "expert")},
-             "expert": int(m["expert"]), "status": STATUS_NAMES[status],
-             "start_upper": upper, "seconds": round(time.time() - t0, 2)}
-      if done % log_every == 0 or done == iterations:
-        rate = (done - start) / max(time.time() - t0, 1e-9)
-        logging.info("distill %d/%d: L_tm %.4f  L_con %.4f  syn_lr %.5f  skipped %d  "
-                     "(%.2f it/s, ~%.0fs left)", done, iterations, rec["l_tm"],
-                     rec["l_contrast"], rec["syn_lr"], done - start - counts["accepted"], rate,
-                     (iterations - done) / max(rate, 1e-9))
-      if log:
-        log(rec)
-    if ckpt is not None and (done % checkpoint_every == 0 or done == iterations):
+    pending.append((done, upper, m))
+    save = ckpt is not None and (done % checkpoint_every == 0 or done == iterations)
+    if done % log_every == 0 or done == iterations or save:
+      _report(jax.device_get(pending), start=start, iterations=iterations, log_every=log_every,
+              counts=counts, t0=t0, log=log)
+      pending = []
+    if save:
       ckpt.save(done, state)
   if iterations > start:
     logging.info("distill: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))

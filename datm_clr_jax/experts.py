@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from datm_clr_jax import augment, checkpointing, losses
+from datm_clr_jax import augment, checkpointing, evaluate, losses
 from datm_clr_jax.models import Network
 
 
@@ -58,23 +58,6 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
     return params, jnp.mean(step_losses)
 
   return jax.jit(jax.vmap(one_expert, in_axes=(0, 0, None, None)))
-
-
-def make_accuracy_fn(network: Network, chunk: int = 1000):
-  """Returns acc(params (K, P), x (M,H,W,C), y (M,)) -> (K,) accuracy in [0, 1]."""
-
-  @jax.jit
-  def correct(params, xb, yb):
-    logits = jax.vmap(lambda p: network.apply_flat(p, xb)[0])(params)
-    return jnp.sum(jnp.argmax(logits, -1) == yb[None], axis=-1)
-
-  def acc(params, x, y):
-    total = 0
-    for i in range(0, len(x), chunk):
-      total = total + correct(params, x[i:i + chunk], y[i:i + chunk])
-    return np.asarray(total) / len(x)
-
-  return acc
 
 
 def expert_path(root, k: int) -> Path:
@@ -131,7 +114,11 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
     return
   epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
                               strategy=strategy, dsa_mode=dsa_mode)
-  acc_fn = make_accuracy_fn(network)
+  tester = evaluate.make_tester(network)
+
+  def acc_fn(params, x, y):  # flat (K, P) -> the variables pytree the tester expects
+    return tester(jax.vmap(lambda p: {"params": network.unravel(p)})(params), x, y)
+
   x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
   base = jax.random.PRNGKey(seed)
   for g in range(0, len(todo), parallel):

@@ -103,10 +103,9 @@ class MetricsLog:
     """Removes records of `phase` past `step` (written after the checkpoint a run resumes)."""
     if not self.path.exists():
       return
-    keep = [l for l in self.path.read_text().splitlines()
-            if l.strip() and not (json.loads(l).get("phase") == phase
-                                  and json.loads(l).get("step", 0) > step)]
-    self.path.write_text("".join(l + "\n" for l in keep))
+    records = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+    keep = [r for r in records if not (r.get("phase") == phase and r.get("step", 0) > step)]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 class Run:

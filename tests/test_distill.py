@@ -137,7 +137,7 @@ def test_step_updates_everything_it_learns():
 def test_negative_syn_lr_is_skipped():
   state, traj, step = _state_and_step(lr_lr=1e6)  # a huge lr step drives syn_lr below 0
   new, m = step(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
-  assert int(m["status"]) == distill.BAD_LR
+  assert int(m["status"]) == distill.BAD_LR and float(m["proposed_syn_lr"]) <= 0
   np.testing.assert_array_equal(new.syn_images, state.syn_images)
   np.testing.assert_array_equal(new.syn_lr, state.syn_lr)
   assert int(new.iteration) == 1
