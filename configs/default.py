@@ -13,6 +13,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.name = "default"  # Workdir name under checkpoints/ when --workdir is not given.
   config.seed = 0  # Seeds distillation and evaluation (eval run i uses 10000 + 100 * seed + i).
+  config.shard = True  # With several devices: split experts, eval seeds and minibatches.
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "tfds:cifar10"  # digits | tfds:<name> | image_folder:<path> | npz:<file>
@@ -38,9 +39,15 @@ def get_config():
   config.experts.epochs = 50  # Epochs per expert (MTT: 50).
   config.experts.lr = 0.01  # lr_teacher: plain SGD, no momentum, no weight decay.
   config.experts.batch_size = 256  # Real images per expert step.
+  config.experts.optimizer = "sgd"  # sgd (MTT) | gsam (FTD/DATM: GSAM on top of the SGD).
+  config.experts.gsam_rho = 0.01  # GSAM perturbation radius (FTD's value).
+  config.experts.gsam_alpha = 0.3  # GSAM surrogate-gap weight (FTD's value).
+  config.experts.gsam_adaptive = True  # Perturbation scaled by |w| (FTD's value).
+  config.experts.save_epochs = 0  # Store snapshots 0..save_epochs only; 0 stores all.
   config.experts.parallel = 10  # Experts trained at once under vmap.
   config.experts.seed = 0  # Separate from config.seed so distillation seeds share experts.
   config.experts.dir = ""  # Where trajectories live; empty: <workdir>/experts.
+  config.experts.import_dir = ""  # --mode=experts imports replay_buffer_<k>.pt from here.
 
   config.distill = ml_collections.ConfigDict()
   config.distill.ipc = 1  # Synthetic images per class.
@@ -66,6 +73,10 @@ def get_config():
   config.distill.num_experts = 0  # Experts to match against; 0: all trained.
   config.distill.remat = True  # jax.checkpoint each inner step: memory flat in N.
   config.distill.scan_unroll = 1  # lax.scan unroll factor of the inner loop.
+  config.distill.select = "final"  # Which iteration to keep: final | val (best on held-out).
+  config.distill.val_per_class = 50  # select=val: training images per class held out.
+  config.distill.select_every = 500  # select=val: iterations between validation checks.
+  config.distill.select_epochs = 300  # select=val: epochs of the shortened evaluation.
   config.distill.log_every = 10  # Iterations between progress lines / metrics records.
   config.distill.checkpoint_every = 100  # Iterations between orbax checkpoints.
 
@@ -92,4 +103,5 @@ def get_config():
   config.eval.weight_decay = 5e-4
   config.eval.random_real = True  # Also evaluate random real images (same IPC, hard labels).
   config.eval.random_real_lr = 0.01  # Learning rate of the random-real baseline.
+  config.eval.synset = ""  # Evaluate this set instead: export/syn_set.npz or a reference folder.
   return config

@@ -18,8 +18,12 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Output directory; default checkpoints/<config.name>.")
-_MODE = flags.DEFINE_enum("mode", "all", ["all", "experts", "distill", "evaluate"],
-                          "Which phases to run.")
+_MODE = flags.DEFINE_enum("mode", "all",
+                          ["all", "experts", "distill", "evaluate", "export", "report"],
+                          "Which phases to run; 'report' writes report.md from results.")
+_REPORT_DIRS = flags.DEFINE_list("report_dirs", None,
+                                 "--mode=report: folders searched for results.json "
+                                 "(default: checkpoints/).")
 
 
 def main(argv):
@@ -27,16 +31,29 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from datm_clr_jax import pipeline  # Deferred: flag errors should not wait for JAX imports.
   config = flags.FLAGS.config
+  if _MODE.value == "report":
+    from datm_clr_jax import report
+    dirs = _REPORT_DIRS.value or [str(_ROOT / "checkpoints")]
+    out = _WORKDIR.value or str(_ROOT / "checkpoints" / "report")
+    try:
+      print(f"report: {report.write_report(dirs, out)}")
+    except FileNotFoundError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    return
   workdir = _WORKDIR.value or str(_ROOT / "checkpoints" / config.name)
   logging.info("workdir %s, mode %s", workdir, _MODE.value)
   try:
     pipeline.run(config, workdir, _MODE.value)
   except (pipeline.ConfigError, pipeline.data.DataError, pipeline.checkpointing.CheckpointError,
-          pipeline.distill.DistillError) as e:
+          pipeline.distill.DistillError, pipeline.torch_io.TorchIOError) as e:
     # Expected failures get one line that says what to do, not a JAX traceback.
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:
+    logging.warning("interrupted; checkpoints are kept: the same command resumes the run")
+    sys.exit(130)
 
 
 def run():

@@ -113,14 +113,27 @@ def affine(x: jax.Array, theta: jax.Array) -> jax.Array:
   return out.reshape(x.shape)
 
 
+def scale_factors(key: jax.Array, batch: int, dtype=jnp.float32) -> jax.Array:
+  """(B, 2) per-sample (x, y) scale factors in [1/1.2, 1.2]."""
+  return jax.random.uniform(key, (batch, 2), dtype, 1.0 / SCALE, SCALE)
+
+
 def scale(x: jax.Array, key: jax.Array) -> jax.Array:
-  """Independent x/y scaling by factors in [1/1.2, 1.2], bilinear, zero padding."""
-  b = x.shape[0]
-  s = jax.random.uniform(key, (b, 2), x.dtype, 1.0 / SCALE, SCALE)
-  zeros = jnp.zeros((b,), x.dtype)
-  theta = jnp.stack([jnp.stack([s[:, 0], zeros, zeros], -1),
-                     jnp.stack([zeros, s[:, 1], zeros], -1)], axis=1)
-  return affine(x, theta)
+  """Independent x/y scaling by factors in [1/1.2, 1.2], bilinear, zero padding.
+
+  The same sampling as `affine` with theta = diag(sx, sy), but an axis-aligned map's tent
+  weights factorise into a row and a column matrix, so it costs two (H x H), (W x W) products
+  per image instead of one (HW x HW): ~16x fewer FLOPs at 32 px (tested equal to `affine`).
+  """
+  b, h, w, _ = x.shape
+  s = scale_factors(key, b, x.dtype)
+
+  def tent(factor, n):  # (B, n_out, n_in) bilinear weights of the source coordinate
+    coord = (factor[:, None] * jnp.linspace(-1, 1, n, dtype=x.dtype) + 1) * (n - 1) / 2
+    return jax.nn.relu(1 - jnp.abs(coord[..., None] - jnp.arange(n, dtype=x.dtype)))
+
+  out = jnp.einsum("bha,bawc->bhwc", tent(s[:, 1], h), x)
+  return jnp.einsum("bwa,bhac->bhwc", tent(s[:, 0], w), out)
 
 
 def rotate(x: jax.Array, key: jax.Array) -> jax.Array:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from datm_clr_jax import augment, checkpointing, losses
+from datm_clr_jax import augment, checkpointing, losses, sharding
 from datm_clr_jax.models import Network, ProjectionHead
 
 # Status codes returned by the step for each iteration.
@@ -158,11 +158,13 @@ def step_keys(key):
   return jax.random.split(key, 5)
 
 
-def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, feat_dim: int):
+def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, feat_dim: int,
+                    mesh=None):
   """Returns outer_loss(learned, theta0, target, key) -> (loss, (l_tm, l_con)).
 
   learned = (syn_images (n,H,W,C), syn_labels (n,C), syn_lr (), head params);
-  theta0, target: flat (P,) expert parameters at t and t + M.
+  theta0, target: flat (P,) expert parameters at t and t + M. With a `mesh`, every
+  minibatch is split over its devices (data parallel).
   """
   head_module = make_head(cfg, feat_dim)
 
@@ -186,7 +188,7 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
 
     def inner(theta, xs):
       i, k = xs
-      x, y, cls = images[i], probs[i], syn_classes[i]
+      x, y, cls = sharding.constrain_batch(images[i], mesh), probs[i], syn_classes[i]
       x_ce = augment.dsa(x, k, cfg.strategy, cfg.dsa_mode)
       ce = lambda th: losses.soft_cross_entropy(network.apply_flat(th, x_ce)[0], y)
       if cfg.contrast_on and cfg.clr_strategy == "update":
@@ -214,15 +216,16 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
 
 
 def make_distill_step(network: Network, cfg: StepConfig, opt: OuterOptim, syn_classes,
-                      feat_dim: int):
+                      feat_dim: int, mesh=None):
   """Builds the jit-compiled outer step.
 
   step(state, trajectories (K, T, P), upper (), key) -> (state, metrics). `upper` is the
   exclusive upper bound of the start epoch (the difficulty schedule's current value); the
   expert, start epoch, minibatches and augmentations are all drawn from `key` on device.
+  With a `mesh` (sharding.device_mesh()), minibatches are split over its devices.
   """
   syn_classes = jnp.asarray(syn_classes, jnp.int32)
-  outer_loss = make_outer_loss(network, cfg, syn_classes, feat_dim)
+  outer_loss = make_outer_loss(network, cfg, syn_classes, feat_dim, mesh)
   o_img, o_y, o_lr, o_head = opt.optimizers()
 
   def step(state: SynState, trajectories, upper, key):
@@ -373,8 +376,11 @@ def _report(pending, *, start: int, iterations: int, log_every: int, counts: dic
 
 def run_distillation(step, state: SynState, trajectories, *, iterations: int, seed: int,
                      schedule, ckpt: checkpointing.StepCheckpoints | None, checkpoint_every: int,
-                     log_every: int, log=None) -> SynState:
+                     log_every: int, log=None, every: int = 0, on_every=None) -> SynState:
   """The outer loop: runs `step` from state.iteration to `iterations`, checkpointing.
+
+  `on_every(done, state)`, if given, runs after every `every` iterations and after the last
+  (after that iteration's checkpoint, so a kill inside it is resumed correctly).
 
   Iteration i uses key fold_in(PRNGKey(seed), i), so a resumed run continues the very same
   sequence of experts, start epochs and augmentations. Metrics stay on device and are fetched
@@ -386,18 +392,31 @@ def run_distillation(step, state: SynState, trajectories, *, iterations: int, se
   counts = {name: 0 for name in STATUS_NAMES.values()}
   t0 = time.time()
   pending = []
-  for it in range(start, iterations):
-    upper = schedule(it)
-    state, m = step(state, traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
-    done = it + 1
-    pending.append((done, upper, m))
-    save = ckpt is not None and (done % checkpoint_every == 0 or done == iterations)
-    if done % log_every == 0 or done == iterations or save:
-      _report(jax.device_get(pending), start=start, iterations=iterations, log_every=log_every,
-              counts=counts, t0=t0, log=log)
-      pending = []
-    if save:
+  saved = start
+  try:
+    for it in range(start, iterations):
+      upper = schedule(it)
+      state, m = step(state, traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
+      done = it + 1
+      pending.append((done, upper, m))
+      save = ckpt is not None and (done % checkpoint_every == 0 or done == iterations)
+      if done % log_every == 0 or done == iterations or save:
+        _report(jax.device_get(pending), start=start, iterations=iterations,
+                log_every=log_every, counts=counts, t0=t0, log=log)
+        pending = []
+      if save:
+        ckpt.save(done, state)
+        saved = done
+      if on_every is not None and (done % every == 0 or done == iterations):
+        on_every(done, state)
+  except KeyboardInterrupt:
+    # `state` is always a finished iteration's output (the step is functional), so it can be
+    # saved as is: an interrupt (Ctrl-C, SIGINT from a time limit) loses nothing.
+    done = int(state.iteration)
+    if ckpt is not None and done > saved:
       ckpt.save(done, state)
+      logging.warning("interrupted: saved iteration %d; the same command resumes from it", done)
+    raise
   if iterations > start:
     logging.info("distill: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
   return state

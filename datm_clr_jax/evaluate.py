@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from datm_clr_jax import augment, losses
+from datm_clr_jax import augment, losses, sharding
 from datm_clr_jax.models import Network
 
 
@@ -117,7 +117,7 @@ def make_tester(network: Network, chunk: int = 1000):
 
 
 def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test, y_test, *,
-                    seeds: list[int], cfg: EvalConfig) -> list[float]:
+                    seeds: list[int], cfg: EvalConfig, mesh=None) -> list[float]:
   """Trains one network per seed on the synthetic set and returns test accuracies in percent.
 
   Args:
@@ -127,6 +127,7 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
     lr: the learning rate (the learned syn_lr).
     x_test, y_test: (M, H, W, C), (M,).
     seeds: one evaluation run per seed.
+    mesh: a `sharding.device_mesh()`: the seeds' networks are spread over its devices.
   """
   syn_images = jnp.asarray(syn_images, jnp.float32)
   per_seed = syn_images.ndim == 5
@@ -137,9 +138,10 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
     raise ValueError(f"evaluation learning rate must be positive and finite, got {lr}")
   train = make_trainer(network, cfg, syn_images.shape[-4], tuple(syn_images.shape[-3:]),
                        per_seed)
-  keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-  variables = train(keys, syn_images, jnp.asarray(label_probs, jnp.float32),
-                    jnp.asarray(lr, jnp.float32))
+  keys = sharding.shard_leading(jnp.stack([jax.random.PRNGKey(s) for s in seeds]), mesh)
+  data = (syn_images, jnp.asarray(label_probs, jnp.float32))
+  data = sharding.shard_leading(data, mesh) if per_seed else sharding.replicate(data, mesh)
+  variables = train(keys, *data, jnp.asarray(lr, jnp.float32))
   acc = make_tester(network)(variables, x_test, y_test)
   return [float(100 * a) for a in acc]
 

@@ -13,6 +13,7 @@ On disk (orbax, through `checkpointing`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -23,18 +24,50 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from datm_clr_jax import augment, checkpointing, evaluate, losses
+from datm_clr_jax import augment, checkpointing, evaluate, losses, sharding
 from datm_clr_jax.models import Network
 
 
+OPTIMIZERS = ("sgd", "gsam")
+
+
+@dataclasses.dataclass(frozen=True)
+class GSAM:
+  """GSAM (Zhuang et al. 2022) as FTD/DATM train their experts: on top of plain SGD."""
+
+  rho: float = 0.01  # Perturbation radius (FTD keeps it constant: the lr is constant).
+  alpha: float = 0.3  # Weight of the surrogate-gap (vertical) component.
+  adaptive: bool = True  # ASAM-style perturbation scaled by |w|.
+
+
+def gsam_gradient(loss_fn, params: jax.Array, g: jax.Array, cfg: GSAM) -> jax.Array:
+  """The GSAM update direction for flat params (P,), given g = grad loss_fn(params).
+
+  Perturb to w + e (e = rho g / ||g||, or rho w^2 g / ||w g|| when adaptive), take the
+  gradient g_p there, and subtract alpha times the part of g orthogonal to g_p:
+  g_p - alpha * (g - (g . g_p / ||g_p||^2) g_p). With rho = 0 this is g; with alpha = 0, SAM.
+  """
+  eps = 1e-12
+  if cfg.adaptive:
+    e = cfg.rho * params**2 * g / (jnp.linalg.norm(params * g) + eps)
+  else:
+    e = cfg.rho * g / (jnp.linalg.norm(g) + eps)
+  g_p = jax.grad(loss_fn)(params + e)
+  g_norm, gp_norm = jnp.linalg.norm(g), jnp.linalg.norm(g_p)
+  cosine = jnp.vdot(g, g_p) / (g_norm * gp_norm + eps)
+  vertical = g - cosine * g_norm * g_p / (gp_norm + eps)
+  return g_p - cfg.alpha * vertical
+
+
 def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train: int,
-                     strategy: str, dsa_mode: str):
-  """Builds a jitted function training a group of experts for one epoch with plain SGD.
+                     strategy: str, dsa_mode: str, gsam: GSAM | None = None):
+  """Builds a jitted function training a group of experts for one epoch with SGD or GSAM.
 
   The returned `epoch(params, keys, x, y)` takes params (K, P), keys (K, 2), images
   (N, H, W, C) and labels (N,) and returns (new params (K, P), mean train loss (K,)).
   Each expert draws its own shuffling and augmentation from its key. The last partial
-  batch is dropped, so every step sees `batch_size` images.
+  batch is dropped, so every step sees `batch_size` images. `gsam` None is plain SGD (MTT);
+  a GSAM config trains as FTD/DATM do (one augmented batch serves both GSAM passes).
   """
   steps = num_train // batch_size
   if steps == 0:
@@ -50,8 +83,10 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
       idx, k = xs
       xb = augment.dsa(x[idx], k, strategy, dsa_mode)
       yb = jax.nn.one_hot(y[idx], num_classes, dtype=xb.dtype)
-      loss, g = jax.value_and_grad(
-          lambda q: losses.soft_cross_entropy(network.apply_flat(q, xb)[0], yb))(p)
+      loss_fn = lambda q: losses.soft_cross_entropy(network.apply_flat(q, xb)[0], yb)
+      loss, g = jax.value_and_grad(loss_fn)(p)
+      if gsam is not None:
+        g = gsam_gradient(loss_fn, p, g, gsam)
       return p - lr * g, loss
 
     params, step_losses = jax.lax.scan(step, params, (order, jax.random.split(k_aug, steps)))
@@ -88,7 +123,8 @@ def finished_experts(root) -> list[int]:
 
 def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, num_experts: int,
                   epochs: int, lr: float, batch_size: int, parallel: int, strategy: str,
-                  dsa_mode: str, seed: int, image_shape, log=None) -> None:
+                  dsa_mode: str, seed: int, image_shape, gsam: GSAM | None = None,
+                  save_epochs: int = 0, mesh=None, meta_extra=None, log=None) -> None:
   """Trains `num_experts` experts (in groups of `parallel`) and saves their trajectories.
 
   Already finished experts are skipped and an interrupted group resumes from its last epoch,
@@ -100,12 +136,21 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
     x_train, y_train: (N, H, W, C) normalised images and (N,) labels.
     x_test, y_test: held-out set used only to report expert accuracy.
     root: the experts directory.
+    gsam: None for plain SGD (MTT), else GSAM's settings (FTD/DATM).
+    save_epochs: store snapshots 0..save_epochs only (0: all epochs + 1); distillation never
+      reads past max_start_epoch + expert_epochs, so the rest need not be kept.
+    mesh: a `sharding.device_mesh()`: each device trains its share of a group's experts.
     log: optional callable(dict) receiving one record per epoch.
   """
   root = Path(root)
   meta = {"num_params": network.num_params, "epochs": epochs, "lr": lr,
           "batch_size": batch_size, "seed": seed, "image_shape": list(image_shape),
           "num_classes": network.module.num_classes}
+  if gsam is not None:  # only then, so plain-SGD experts made before GSAM existed still load
+    meta["optimizer"] = {"name": "gsam", **dataclasses.asdict(gsam)}
+  if save_epochs:
+    meta["save_epochs"] = save_epochs
+  meta.update(meta_extra or {})
   _write_meta(root, meta)
   done = set(finished_experts(root))
   todo = [k for k in range(num_experts) if k not in done]
@@ -113,13 +158,13 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
     logging.info("experts: all %d already trained in %s", num_experts, root)
     return
   epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
-                              strategy=strategy, dsa_mode=dsa_mode)
+                              strategy=strategy, dsa_mode=dsa_mode, gsam=gsam)
   tester = evaluate.make_tester(network)
 
   def acc_fn(params, x, y):  # flat (K, P) -> the variables pytree the tester expects
     return tester(jax.vmap(lambda p: {"params": network.unravel(p)})(params), x, y)
 
-  x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
+  x_dev, y_dev = sharding.replicate((jnp.asarray(x_train), jnp.asarray(y_train)), mesh)
   base = jax.random.PRNGKey(seed)
   for g in range(0, len(todo), parallel):
     group = todo[g:g + parallel]
@@ -138,10 +183,11 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
     else:
       traj[:, 0] = np.stack([network.init_flat(jax.random.fold_in(jax.random.fold_in(base, k), 0),
                                                image_shape) for k in group])
-    params = jnp.asarray(traj[:, start_epoch])
+    params = sharding.shard_leading(jnp.asarray(traj[:, start_epoch]), mesh)
     for ep in range(start_epoch, epochs):
       t0 = time.time()
-      keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, k), ep + 1) for k in group])
+      keys = sharding.shard_leading(jnp.stack(
+          [jax.random.fold_in(jax.random.fold_in(base, k), ep + 1) for k in group]), mesh)
       params, train_loss = epoch_fn(params, keys, x_dev, y_dev)
       traj[:, ep + 1] = np.asarray(params)
       progress.save(ep + 1, {"ids": ids, "trajectory": traj})
@@ -155,14 +201,42 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
                    record["seconds"])
       if log:
         log(record)
+    keep = (save_epochs or epochs) + 1
     for i, k in enumerate(group):
-      checkpointing.save_tree(expert_path(root, k), {"trajectory": traj[i]})
+      # The final parameters are kept apart: they choose the initial synthetic set.
+      checkpointing.save_tree(expert_path(root, k), {"trajectory": traj[i, :keep],
+                                                     "final": traj[i, -1]})
     progress.close()
     shutil.rmtree(root / "in_progress", ignore_errors=True)
 
 
+def import_buffers(network: Network, source, root, *, image_shape) -> int:
+  """Converts the reference's `replay_buffer_<k>.pt` files in `source` into experts in `root`.
+
+  Buffers are read in order of k; their trajectories become experts 0, 1, ... with the
+  PyTorch layouts converted (torch_io). Returns the number of experts written. Needs torch.
+  """
+  from datm_clr_jax import torch_io  # pylint: disable=import-outside-toplevel
+
+  source, root = Path(source), Path(root)
+  files = sorted(source.glob("replay_buffer_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+  if not files:
+    raise checkpointing.CheckpointError(f"no replay_buffer_<k>.pt files in {source}")
+  _write_meta(root, {"num_params": network.num_params, "image_shape": list(image_shape),
+                     "num_classes": network.module.num_classes,
+                     "imported_from": str(source.resolve())})
+  k = 0
+  for f in files:
+    for traj in torch_io.load_replay_buffer(f, network):
+      if not expert_path(root, k).exists():
+        checkpointing.save_tree(expert_path(root, k), {"trajectory": traj})
+      k += 1
+    logging.info("experts: imported %s (%d experts so far)", f.name, k)
+  return k
+
+
 def load_trajectories(root, *, num_params: int, num_experts: int | None = None,
-                      min_length: int = 0) -> np.ndarray:
+                      min_length: int = 0, return_final: bool = False):
   """Loads saved trajectories as one array (K, T, P).
 
   Args:
@@ -170,6 +244,8 @@ def load_trajectories(root, *, num_params: int, num_experts: int | None = None,
     num_params: expected P (guards against experts of another model or dataset).
     num_experts: how many to load (default: all finished).
     min_length: the smallest T the caller will index (max_start_epoch + expert_epochs + 1).
+    return_final: also return the final-epoch parameters (K, P) (the last snapshot when a
+      trajectory was stored without them, e.g. one imported from PyTorch).
   """
   root = Path(root)
   ids = finished_experts(root)
@@ -181,8 +257,13 @@ def load_trajectories(root, *, num_params: int, num_experts: int | None = None,
       raise checkpointing.CheckpointError(
           f"{root} has {len(ids)} finished experts, {num_experts} requested; run --mode=experts")
     ids = ids[:num_experts]
-  trajs = [checkpointing.restore_tree(expert_path(root, k))["trajectory"] for k in ids]
-  out = np.stack([np.asarray(t) for t in trajs])
+  trees = [checkpointing.restore_tree(expert_path(root, k)) for k in ids]
+  shapes = {np.shape(t["trajectory"]) for t in trees}
+  if len(shapes) > 1:
+    raise checkpointing.CheckpointError(
+        f"trajectories in {root} differ in shape ({sorted(shapes)}): experts of different runs "
+        "or buffers were mixed in one folder")
+  out = np.stack([np.asarray(t["trajectory"]) for t in trees])
   if out.shape[2] != num_params:
     raise checkpointing.CheckpointError(
         f"experts in {root} have {out.shape[2]} parameters, the configured model has "
@@ -192,4 +273,6 @@ def load_trajectories(root, *, num_params: int, num_experts: int | None = None,
         f"trajectories in {root} have {out.shape[1]} snapshots, but distillation reads up to "
         f"index {min_length - 1} (max_start_epoch + expert_epochs); train longer experts or "
         "lower distill.max_start_epoch")
+  if return_final:
+    return out, np.stack([np.asarray(t.get("final", t["trajectory"][-1])) for t in trees])
   return out

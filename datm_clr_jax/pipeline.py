@@ -9,23 +9,28 @@ Workdir layout:
   syn_images.png    the distilled images in pixel space, one row per class
   syn_set.npz       syn_images (whitened and pixel space), syn_labels, syn_lr
   results.json      accuracies of the distilled set and the random-real baseline
+  export/           (--mode=export) syn_set.npz with the normalisation transform, the image
+                    grid, and torch/{images,labels,lr}_best.pt in the reference's format
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from datm_clr_jax import augment, checkpointing, data, distill, evaluate, experts, losses
+from datm_clr_jax import (augment, checkpointing, data, distill, evaluate, experts, losses,
+                          sharding, torch_io, visualize)
 from datm_clr_jax.models import ARCHS, CONV_IMPLS, NORMS, make_network
 
-MODES = ("all", "experts", "distill", "evaluate")
+MODES = ("all", "experts", "distill", "evaluate", "export")
 
 
 class ConfigError(ValueError):
@@ -50,6 +55,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice(c.loss, losses.CONTRASTIVE_KINDS, "clr.loss")
   _choice(c.head, ("random", "learned"), "clr.head")
   _choice(d.init, ("samples_predicted_correctly", "real"), "distill.init")
+  _choice(d.select, ("final", "val"), "distill.select")
+  incompatible = [
+      (config.experts.import_dir and config.experts.optimizer != "sgd",
+       "experts.import_dir imports trained buffers; experts.optimizer applies only to "
+       "training: leave experts.optimizer='sgd'"),
+      (d.select == "val" and config.eval.synset,
+       "distill.select='val' selects among this workdir's iterations; eval.synset evaluates "
+       "an outside set: use one of them"),
+      (c.head == "learned" and c.strategy == "none",
+       "clr.head='learned' has nothing to learn with clr.strategy='none'"),
+  ]
+  for bad, message in incompatible:
+    if bad:
+      raise ConfigError(f"incompatible config: {message}")
+  if d.select == "val" and not (d.val_per_class > 0 and d.select_every > 0
+                                and d.select_epochs > 0):
+    raise ConfigError("distill.select='val' needs positive distill.val_per_class, "
+                      "distill.select_every and distill.select_epochs")
   try:
     augment.parse_strategy(config.dsa.strategy)
   except ValueError as e:
@@ -73,11 +96,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if d.sequential and not d.min_start_epoch < d.current_max_start_epoch <= d.max_start_epoch:
     raise ConfigError("distill.current_max_start_epoch must lie in (min_start_epoch, "
                       "max_start_epoch] when distill.sequential is on")
-  if d.max_start_epoch + d.expert_epochs > config.experts.epochs + 1:
+  _choice(config.experts.optimizer, experts.OPTIMIZERS, "experts.optimizer")
+  ex = config.experts
+  if not 0 <= ex.save_epochs <= ex.epochs:
+    raise ConfigError(f"config.experts.save_epochs={ex.save_epochs} must lie in [0, "
+                      f"experts.epochs={ex.epochs}] (0 stores every epoch)")
+  stored = ex.save_epochs or ex.epochs
+  if d.max_start_epoch + d.expert_epochs > stored + 1:
     raise ConfigError(
         f"distill.max_start_epoch ({d.max_start_epoch}) + distill.expert_epochs "
         f"({d.expert_epochs}) reads snapshot {d.max_start_epoch - 1 + d.expert_epochs}, but "
-        f"experts.epochs={config.experts.epochs} stores snapshots 0..{config.experts.epochs}")
+        f"experts.epochs={ex.epochs} (save_epochs={ex.save_epochs}) stores snapshots "
+        f"0..{stored}")
   if d.batch_syn < 0:
     raise ConfigError(f"config.distill.batch_syn must be >= 0, got {d.batch_syn}")
 
@@ -120,6 +150,7 @@ class Run:
     self.log = MetricsLog(self.workdir / "metrics.jsonl")
     self.cache_dir = config.data.cache_dir or str(self.workdir / "cache")
     self.experts_dir = Path(config.experts.dir or self.workdir / "experts")
+    self.mesh = sharding.device_mesh(config.shard)
     self._prepared = None
 
   @property
@@ -132,12 +163,35 @@ class Run:
                              seed=self.config.seed)
       self._prepared = data.prepare(ds, zca=cfg.zca, zca_eps=cfg.zca_eps,
                                     cache_dir=self.cache_dir)
+      if self.config.distill.select == "val":
+        self._hold_out_validation()
       logging.info("data %s: train %s, test %s, %d classes, ZCA %s (%.1fs)", cfg.source,
                    ds.x_train.shape, ds.x_test.shape, ds.num_classes, cfg.zca, time.time() - t0)
       if self.config.distill.ipc > np.bincount(ds.y_train).min():
         raise ConfigError(f"config.distill.ipc={self.config.distill.ipc} exceeds the "
                           f"{np.bincount(ds.y_train).min()} images of the smallest class")
     return self._prepared
+
+  def _hold_out_validation(self) -> None:
+    """Moves val_per_class training images per class into a validation split.
+
+    The split depends only on the data (seed 0), so every distillation seed, the experts and
+    the random-real baseline see the same reduced training set; the test set is untouched.
+    """
+    p, n = self._prepared, self.config.distill.val_per_class
+    y = p.dataset.y_train
+    rng = np.random.default_rng(0)
+    counts = np.bincount(y)
+    if n >= counts.min():
+      raise ConfigError(f"config.distill.val_per_class={n} leaves no training images in the "
+                        f"smallest class ({counts.min()} images)")
+    val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n]
+                          for c in range(len(counts))])
+    keep = np.setdiff1d(np.arange(len(y)), val)
+    self.x_val, self.y_val = p.x_train[val], y[val]
+    self._prepared = dataclasses.replace(
+        p, x_train=p.x_train[keep],
+        dataset=dataclasses.replace(p.dataset, x_train=p.dataset.x_train[keep], y_train=y[keep]))
 
   @property
   def num_classes(self) -> int:
@@ -166,11 +220,20 @@ class Run:
   def experts(self) -> None:
     c, p = self.config.experts, self.prepared
     t0 = time.time()
+    if c.import_dir:
+      n = experts.import_buffers(self.network(), c.import_dir, self.experts_dir,
+                                 image_shape=self.image_shape)
+      logging.info("experts: %d imported from %s in %.1fs", n, c.import_dir, time.time() - t0)
+      return
     experts.train_experts(
         self.network(), p.x_train, p.dataset.y_train, p.x_test, p.dataset.y_test,
         root=self.experts_dir, num_experts=c.num_experts, epochs=c.epochs, lr=c.lr,
         batch_size=c.batch_size, parallel=c.parallel, strategy=self.config.dsa.strategy,
-        dsa_mode=self.config.dsa.mode, seed=c.seed, image_shape=self.image_shape, log=self.log)
+        dsa_mode=self.config.dsa.mode, seed=c.seed, image_shape=self.image_shape,
+        gsam=(experts.GSAM(rho=c.gsam_rho, alpha=c.gsam_alpha, adaptive=c.gsam_adaptive)
+              if c.optimizer == "gsam" else None), save_epochs=c.save_epochs, mesh=self.mesh,
+        meta_extra=({"held_out_val_per_class": self.config.distill.val_per_class}
+                    if self.config.distill.select == "val" else None), log=self.log)
     logging.info("experts: done in %.1fs", time.time() - t0)
 
   # --------------------------------------------------------------------------- distill
@@ -218,9 +281,9 @@ class Run:
   def distill(self) -> distill.SynState:
     d = self.config.distill
     net, step_cfg, opt, feat = self._step_setup()
-    trajectories = experts.load_trajectories(
+    trajectories, final_params = experts.load_trajectories(
         self.experts_dir, num_params=net.num_params, num_experts=d.num_experts or None,
-        min_length=d.max_start_epoch + d.expert_epochs)
+        min_length=d.max_start_epoch + d.expert_epochs, return_final=True)
     ckpt = self._ckpts()
     template = self._state_template(net, step_cfg, opt, feat)
     got = ckpt.restore_latest(template)
@@ -232,12 +295,14 @@ class Run:
     else:
       p = self.prepared
       images, labels = distill.initial_synset(
-          net, p.x_train, p.dataset.y_train, trajectories[:, -1], ipc=d.ipc,
+          net, p.x_train, p.dataset.y_train, final_params, ipc=d.ipc,
           num_classes=self.num_classes, init=d.init, seed=self.config.seed)
       state = template.replace(syn_images=images, syn_labels=labels)
       self.log.drop_after("distill", 0)
     syn_classes = np.repeat(np.arange(self.num_classes), d.ipc)
-    step = distill.make_distill_step(net, step_cfg, opt, syn_classes, feat)
+    step = distill.make_distill_step(net, step_cfg, opt, syn_classes, feat, self.mesh)
+    state = sharding.shard_leading(state, self.mesh)
+    trajectories = sharding.replicate(jnp.asarray(trajectories), self.mesh)
     schedule = lambda it: distill.start_epoch_upper(
         it, max_start_epoch=d.max_start_epoch, sequential=d.sequential,
         current_max_start_epoch=d.current_max_start_epoch, expansion_end=d.expansion_end)
@@ -246,17 +311,61 @@ class Run:
                  step_cfg.clr_strategy if step_cfg.contrast_on else "off", step_cfg.alpha,
                  d.iterations)
     t0 = time.time()
-    state = distill.run_distillation(
-        step, state, trajectories, iterations=d.iterations, seed=self.config.seed,
-        schedule=schedule, ckpt=ckpt, checkpoint_every=d.checkpoint_every,
-        log_every=d.log_every, log=self.log)
-    ckpt.close()
+    select = self._make_selector(net) if d.select == "val" else None
+    try:
+      state = distill.run_distillation(
+          step, state, trajectories, iterations=d.iterations, seed=self.config.seed,
+          schedule=schedule, ckpt=ckpt, checkpoint_every=d.checkpoint_every,
+          log_every=d.log_every, log=self.log, every=d.select_every, on_every=select)
+    finally:
+      ckpt.close()
     logging.info("distill: done in %.1fs, syn_lr %.5f", time.time() - t0, float(state.syn_lr))
     self.save_synset(state)
     return state
 
+  # --------------------------------------------------------------------------- selection
+  @property
+  def best_dir(self) -> Path:
+    return self.workdir / "best"
+
+  def _make_selector(self, net):
+    """on_every callback: a short evaluation on the validation split; keeps the best state."""
+    d, e = self.config.distill, self.config.eval
+    cfg = evaluate.EvalConfig(epochs=d.select_epochs, batch_size=e.batch_size,
+                              momentum=e.momentum, weight_decay=e.weight_decay,
+                              strategy=self.config.dsa.strategy, dsa_mode=self.config.dsa.mode)
+    seeds = [20_000 + 100 * self.config.seed + i for i in range(2)]
+
+    def select(done, state):
+      self.prepared  # the validation split exists once the data is loaded
+      runs = evaluate.evaluate_synset(
+          net, state.syn_images, jax.nn.softmax(state.syn_labels, axis=-1), float(state.syn_lr),
+          self.x_val, self.y_val, seeds=seeds, cfg=cfg, mesh=self.mesh)
+      acc = float(np.mean(runs))
+      best_file = self.best_dir / "best.json"
+      best = json.loads(best_file.read_text()) if best_file.exists() else None
+      improved = best is None or acc > best["val_acc"]
+      self.log({"phase": "select", "step": done, "val_acc": acc, "improved": improved})
+      logging.info("select: iteration %d, validation accuracy %.2f%s", done, acc,
+                   " (best so far)" if improved else "")
+      if improved:
+        checkpointing.save_tree(self.best_dir / "state", state)
+        best_file.write_text(json.dumps({"iteration": done, "val_acc": acc}))
+
+    return select
+
+  def load_best(self) -> tuple[distill.SynState, dict]:
+    best_file = self.best_dir / "best.json"
+    if not best_file.exists():
+      raise checkpointing.CheckpointError(
+          f"distill.select='val' but {self.best_dir} holds no selected state; run "
+          "--mode=distill with this config first")
+    net, step_cfg, opt, feat = self._step_setup()
+    state = checkpointing.restore_tree(self.best_dir / "state",
+                                       self._state_template(net, step_cfg, opt, feat))
+    return state, json.loads(best_file.read_text())
+
   def save_synset(self, state: distill.SynState) -> None:
-    from datm_clr_jax import visualize
     p = self.prepared
     pixels = p.to_pixels(np.asarray(state.syn_images))
     np.savez(self.workdir / "syn_set.npz", syn_images=np.asarray(state.syn_images),
@@ -265,51 +374,129 @@ class Run:
     visualize.save_grid(pixels, self.config.distill.ipc, p.dataset.class_names,
                         self.workdir / "syn_images.png")
 
+  def require_state(self) -> distill.SynState:
+    state = self.load_state()
+    if state is None:
+      raise checkpointing.CheckpointError(
+          f"no distilled set in {self.workdir / 'distill'}; run --mode=distill first")
+    return state
+
+  # --------------------------------------------------------------------------- export
+  def export(self) -> Path:
+    """Writes export/: syn_set.npz (+ normalisation), the image grid, the reference format."""
+    state, p = self.require_state(), self.prepared
+    out = self.workdir / "export"
+    out.mkdir(exist_ok=True)
+    images, labels = np.asarray(state.syn_images), np.asarray(state.syn_labels)
+    norm = ({"normalisation": "zca", "zca_mean": p.zca.mean, "zca_whiten": p.zca.whiten,
+             "zca_unwhiten": p.zca.unwhiten} if p.zca is not None else
+            {"normalisation": "mean_std", "norm_mean": p.mean, "norm_std": p.std})
+    np.savez(out / "syn_set.npz", syn_images=images, syn_images_pixels=p.to_pixels(images),
+             syn_labels=labels, syn_lr=np.asarray(state.syn_lr),
+             iteration=np.asarray(state.iteration), ipc=self.config.distill.ipc,
+             class_names=np.asarray(p.dataset.class_names), source=self.config.data.source,
+             **norm)
+    visualize.save_grid(p.to_pixels(images), self.config.distill.ipc, p.dataset.class_names,
+                        out / "syn_images.png")
+    try:
+      torch_io.save_reference_synset(out / "torch", images, labels, float(state.syn_lr))
+    except torch_io.TorchIOError as e:
+      logging.warning("export: no PyTorch files (%s)", e)
+    logging.info("export: iteration %d written to %s", int(state.iteration), out)
+    return out
+
+  def external_synset(self, path: str) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """(syn_images (n,H,W,C), label logits (n,classes), lr, provenance) from eval.synset."""
+    src = Path(path)
+    if src.is_dir():
+      got = torch_io.load_reference_synset(src, num_classes=self.num_classes)
+      info = {"synset": str(src), "format": "pytorch reference", "labels": got["label_format"]}
+      images, labels, lr = got["syn_images"], got["syn_labels"], got["syn_lr"]
+    elif src.suffix == ".npz" and src.exists():
+      with np.load(src) as f:
+        images, labels, lr = f["syn_images"], f["syn_labels"], float(f["syn_lr"])
+        norm = str(f["normalisation"]) if "normalisation" in f else "unknown"
+      want = "zca" if self.config.data.zca else "mean_std"
+      if norm not in (want, "unknown"):
+        raise ConfigError(f"config.eval.synset {src} holds {norm}-normalised images, but "
+                          f"config.data.zca={self.config.data.zca} normalises with {want}")
+      info = {"synset": str(src), "format": "npz", "labels": "logits"}
+    else:
+      raise ConfigError(f"config.eval.synset={path!r}: expected an exported .npz or a folder "
+                        "with images_best.pt, labels_best.pt, lr_best.pt")
+    if images.shape[1:] != tuple(self.image_shape):
+      raise ConfigError(f"config.eval.synset images are {images.shape[1:]}, but "
+                        f"{self.config.data.source} gives {tuple(self.image_shape)}: another "
+                        "dataset or data.image_size")
+    if labels.shape != (images.shape[0], self.num_classes):
+      raise ConfigError(f"config.eval.synset labels are {labels.shape}; expected "
+                        f"({images.shape[0]}, {self.num_classes}) for this dataset")
+    if not (np.isfinite(images).all() and np.isfinite(labels).all() and lr > 0):
+      raise ConfigError(f"config.eval.synset {src} holds NaN/inf or a non-positive lr ({lr})")
+    return images, labels, lr, info
+
   # --------------------------------------------------------------------------- evaluate
   def evaluate(self, state: distill.SynState | None = None) -> dict:
     e, d = self.config.eval, self.config.distill
-    if state is None:
-      state = self.load_state()
-      if state is None:
-        raise checkpointing.CheckpointError(
-            f"no distilled set in {self.workdir / 'distill'}; run --mode=distill first")
+    external = None
+    if e.synset:
+      syn_images, syn_labels, syn_lr, external = self.external_synset(e.synset)
+      iteration, selection = None, "external set"
+    else:
+      selection = "final iteration (no test-set selection)"
+      if d.select == "val":
+        state, best = self.load_best()
+        selection = (f"best validation accuracy ({best['val_acc']:.2f}%, {d.val_per_class} "
+                     f"training images per class held out), iteration {best['iteration']}")
+      elif state is None:
+        state = self.require_state()
       self.save_synset(state)
+      syn_images, syn_labels = np.asarray(state.syn_images), np.asarray(state.syn_labels)
+      syn_lr, iteration = float(state.syn_lr), int(state.iteration)
     p = self.prepared
     cfg = evaluate.EvalConfig(epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
                               weight_decay=e.weight_decay, strategy=self.config.dsa.strategy,
                               dsa_mode=self.config.dsa.mode)
     seeds = [10_000 + 100 * self.config.seed + i for i in range(e.num_eval)]
-    probs = jax.nn.softmax(np.asarray(state.syn_labels), axis=-1)
-    results = {"dataset": self.config.data.source, "ipc": d.ipc,
-               "method": "datm_clr" if self._step_setup()[1].contrast_on else "datm",
-               "distilled": {}, "syn_lr": float(state.syn_lr), "eval_seeds": seeds,
+    probs = jax.nn.softmax(syn_labels, axis=-1)
+    method = "datm_clr" if self._step_setup()[1].contrast_on else "datm"
+    results = {"dataset": self.config.data.source, "ipc": len(syn_images) // self.num_classes,
+               "method": "external" if external else method,
+               "distilled": {}, "syn_lr": syn_lr, "eval_seeds": seeds,
                "protocol": {"eval_epochs": e.epochs, "num_inner_steps": d.num_inner_steps,
-                            "distill_iterations": d.iterations,
+                            "distill_iterations": iteration,
+                            "distill_iterations_configured": d.iterations,
                             "num_experts": self.config.experts.num_experts,
                             "expert_epochs_trained": self.config.experts.epochs,
                             "model": self.config.model.to_dict(),
-                            "selection": "final iteration (no test-set selection)"}}
+                            "clr": self.config.clr.to_dict(), "config_name": self.config.name,
+                            "num_classes": self.num_classes,
+                            "selection": selection}}
+    if external:
+      results["external"] = external
     if e.random_real:
       results["random_real"] = {}
-      subsets = [evaluate.random_real(p.x_train, p.dataset.y_train, ipc=d.ipc,
+      subsets = [evaluate.random_real(p.x_train, p.dataset.y_train, ipc=results["ipc"],
                                       num_classes=self.num_classes, seed=s) for s in seeds]
       rr_images = np.stack([s[0] for s in subsets])
       rr_labels = np.stack([s[1] for s in subsets])
     for arch in e.archs:
       net = self.network(arch)
-      sets = [("distilled", state.syn_images, probs, float(state.syn_lr))]
+      sets = [("distilled", syn_images, probs, syn_lr)]
       if e.random_real:
         sets.append(("random_real", rr_images, rr_labels, e.random_real_lr))
       for name, images, labels, lr in sets:
         t0 = time.time()
         runs = evaluate.evaluate_synset(net, images, labels, lr, p.x_test, p.dataset.y_test,
-                                        seeds=seeds, cfg=cfg)
+                                        seeds=seeds, cfg=cfg, mesh=self.mesh)
         results[name][arch] = evaluate.summarize(runs)
         self.log({"phase": "evaluate", "set": name, "arch": arch, "runs": runs,
                   "seconds": round(time.time() - t0, 2)})
         logging.info("evaluate %s (%s): %.2f +- %.2f (%.1fs)", name.replace("_", " "), arch,
                      np.mean(runs), np.std(runs), time.time() - t0)
-    (self.workdir / "results.json").write_text(json.dumps(results, indent=1))
+    # An outside set's numbers must not overwrite this workdir's own results.
+    name = "results_external.json" if external else "results.json"
+    (self.workdir / name).write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -342,5 +529,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
   if mode in ("all", "evaluate"):
     results = r.evaluate(state)
     print(format_table(results), flush=True)
+  if mode == "export":
+    print(f"exported to {r.export()}", flush=True)
   logging.info("run finished in %.1fs; outputs in %s", time.time() - t0, r.workdir)
   return results

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Protocol R1 (SPEC §10) on the CPU: shared experts, then random real + DATM + DATM-CLR for
 # distillation seeds 0..2, 5 evaluation seeds each. Results: checkpoints/cifar10_r1/*/results.json
+# Resumable: after a kill, run it again (experts, distillation and finished evaluations resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -12,6 +13,8 @@ for seed in 0 1 2; do
     $PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/${method}_seed$seed \
       --config.experts.dir=$ROOT/experts_run/experts --config.data.cache_dir=$ROOT/cache \
       --config.seed=$seed --config.clr.alpha=$alpha --mode=distill
+    # Re-running this script resumes: finished runs are not evaluated again.
+    [ -f $ROOT/${method}_seed$seed/results.json ] || \
     $PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/${method}_seed$seed \
       --config.experts.dir=$ROOT/experts_run/experts --config.data.cache_dir=$ROOT/cache \
       --config.seed=$seed --config.clr.alpha=$alpha --mode=evaluate

@@ -9,3 +9,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# WITH_TORCH=1 (the test script sets it) adds the optional torch extra, pinned to the CPU build
+# on disk here (a plain `torch` would pull a multi-GB CUDA build). Without torch the PyTorch
+# interop tests skip and say why; the quickstart does not need it.
+if [ "${WITH_TORCH:-0}" = 1 ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q torch==2.13.0 \
+    || echo "setup: torch not installed; PyTorch interop is unavailable, its tests will skip"
+fi

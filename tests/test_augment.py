@@ -82,3 +82,13 @@ def test_modes():
     augment.dsa(X, k, strategy="color_blur")
   with pytest.raises(ValueError, match="unknown DSA mode"):
     augment.dsa(X, k, mode="both")
+
+
+def test_separable_scale_equals_dense_affine():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 12, 10, 3))
+  key = jax.random.PRNGKey(5)
+  s = augment.scale_factors(key, 4)
+  zeros = jnp.zeros(4)
+  theta = jnp.stack([jnp.stack([s[:, 0], zeros, zeros], -1),
+                     jnp.stack([zeros, s[:, 1], zeros], -1)], axis=1)
+  np.testing.assert_allclose(augment.scale(x, key), augment.affine(x, theta), atol=1e-5)

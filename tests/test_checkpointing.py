@@ -1,5 +1,6 @@
 """Orbax round trips, corrupt checkpoints, expert trajectories and resumed distillation."""
 
+import json
 
 import jax
 import jax.numpy as jnp
@@ -75,11 +76,28 @@ def test_expert_trajectories_round_trip_and_resume(tmp_path):
 
 
 def test_resumed_distillation_continues_the_same_run(tmp_path):
+  # Also exercises validation selection (held-out split, best iteration kept) on the way.
   config = tiny_config()
   config.eval.random_real = False
+  config.distill.select = "val"
+  config.distill.val_per_class = 5
+  config.distill.select_every = 2
+  config.distill.select_epochs = 2
   straight = pipeline.Run(config, str(tmp_path / "a"))
+  full_train = len(pipeline.data.load_dataset("digits").y_train)
+  assert len(straight.prepared.x_train) == full_train - 50 == len(
+      straight.prepared.dataset.y_train)
+  assert len(straight.x_val) == 50 and set(np.bincount(straight.y_val)) == {5}
   straight.experts()
   full = straight.distill()
+  records = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  selected = [r for r in records if r["phase"] == "select"]
+  assert [r["step"] for r in selected] == [2, 4]
+  best = json.loads((tmp_path / "a" / "best" / "best.json").read_text())
+  assert best["val_acc"] == max(r["val_acc"] for r in selected)
+  results = straight.evaluate()
+  assert results["protocol"]["selection"].startswith("best validation accuracy")
+  assert f"iteration {best['iteration']}" in results["protocol"]["selection"]
   # Second workdir shares the experts; stop at iteration 2, then resume to 4.
   config.experts.dir = str(tmp_path / "a" / "experts")
   config.distill.iterations = 2

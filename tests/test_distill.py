@@ -217,3 +217,27 @@ def test_contrastive_update_changes_the_student_path():
   _, (tm_d, _) = jax.jit(datm)(learned, theta0, target, key, key)
   assert float(con_u) > 0 and abs(float(tm_u) - float(tm_d)) > 1e-7
   np.testing.assert_allclose(total_u, tm_u)  # the outer loss is L_tm alone
+
+
+def test_interrupt_saves_the_last_finished_iteration(tmp_path):
+  from datm_clr_jax import checkpointing
+  net, cfg, feat, images, labels, theta0, target = _setup(expert_epochs=1)
+  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
+  real = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  calls = []
+
+  def step(*args):  # Ctrl-C arrives during the 4th iteration
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    calls.append(1)
+    return real(*args)
+
+  ckpt = checkpointing.StepCheckpoints(tmp_path, keep=2)
+  state0 = distill.init_state(images, labels, 0.01, opt)
+  with pytest.raises(KeyboardInterrupt):
+    distill.run_distillation(step, state0, jnp.stack([theta0, target])[None], iterations=10,
+                             seed=0, schedule=lambda it: 1, ckpt=ckpt, checkpoint_every=5,
+                             log_every=5)
+  done, restored = ckpt.restore_latest(state0)
+  assert done == 3 and int(restored.iteration) == 3
+  assert not np.allclose(restored.syn_images, images)

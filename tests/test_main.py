@@ -5,10 +5,11 @@ import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from datm_clr_jax import pipeline
+from datm_clr_jax import pipeline, torch_io
 
 TINY_FLAGS = [f"--config.{k}={v}" for k, v in {
     "data.image_size": 8, "model.width": 8, "model.depth": 1, "experts.num_experts": 2,
@@ -39,10 +40,42 @@ def test_main_writes_every_output(tmp_path):
   phases = {json.loads(l)["phase"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()}
   assert phases == {"experts", "distill", "evaluate"}
   assert "accuracy" in out.stdout  # the printed table
-  # --mode=evaluate on the finished workdir re-evaluates from the checkpoint.
+  # Export, then evaluate the exported set as an outside set: the same numbers come back.
+  export = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=export",
+                 *TINY_FLAGS)
+  assert export.returncode == 0, export.stderr[-3000:]
+  with np.load(tmp_path / "export" / "syn_set.npz") as f:
+    assert str(f["normalisation"]) == "zca" and f["zca_whiten"].shape == (64, 64)
+    assert int(f["iteration"]) == 3 and f["syn_images"].shape == (10, 8, 8, 1)
+    exported = {k: f[k] for k in ("syn_images", "syn_labels", "syn_lr")}
+  if (tmp_path / "export" / "torch").exists():  # the optional torch extra is installed
+    ref = torch_io.load_reference_synset(tmp_path / "export" / "torch", num_classes=10)
+    np.testing.assert_array_equal(ref["syn_images"], exported["syn_images"])
+    np.testing.assert_array_equal(ref["syn_labels"], exported["syn_labels"])
   again = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=evaluate",
-                "--config.eval.random_real=false", *TINY_FLAGS)
+                "--config.eval.random_real=false",
+                f"--config.eval.synset={tmp_path / 'export' / 'syn_set.npz'}", *TINY_FLAGS)
   assert again.returncode == 0, again.stderr[-3000:]
+  external = json.loads((tmp_path / "results_external.json").read_text())
+  assert external["method"] == "external"
+  assert external["distilled"]["convnet"]["runs"] == results["distilled"]["convnet"]["runs"]
+
+
+def test_outside_synset_that_does_not_fit_is_refused(tmp_path):
+  run = pipeline.Run(tiny_config(), str(tmp_path))  # 8x8 digits, 10 classes
+  good = dict(syn_images=np.zeros((10, 8, 8, 1), np.float32),
+              syn_labels=np.zeros((10, 10), np.float32), syn_lr=0.01, normalisation="zca")
+  for name, change, message in [
+      ("size", {"syn_images": np.zeros((10, 16, 16, 1), np.float32)}, "data.image_size"),
+      ("classes", {"syn_labels": np.zeros((10, 7), np.float32)}, r"expected \(10, 10\)"),
+      ("norm", {"normalisation": "mean_std"}, "config.data.zca"),
+      ("nan", {"syn_lr": np.nan}, "NaN"),
+  ]:
+    np.savez(tmp_path / f"{name}.npz", **{**good, **change})
+    with pytest.raises(pipeline.ConfigError, match=message):
+      run.external_synset(str(tmp_path / f"{name}.npz"))
+  with pytest.raises(pipeline.ConfigError, match="expected an exported .npz"):
+    run.external_synset(str(tmp_path / "missing.npz"))
 
 
 @pytest.mark.parametrize("args,message", [
@@ -83,4 +116,19 @@ def test_incompatible_settings_are_named():
   config = tiny_config()
   config.model.norm = "batch"
   with pytest.raises(pipeline.ConfigError, match="model.norm"):
+    pipeline.validate_config(config)
+  for field, value, message in [("experts.optimizer", "adam", "experts.optimizer"),
+                                ("experts.save_epochs", 9, "save_epochs"),
+                                ("distill.select", "test", "distill.select")]:
+    config = tiny_config()
+    config[field.split(".")[0]][field.split(".")[1]] = value
+    with pytest.raises(pipeline.ConfigError, match=message):
+      pipeline.validate_config(config)
+  config = tiny_config()
+  config.experts.import_dir, config.experts.optimizer = "/buffers", "gsam"
+  with pytest.raises(pipeline.ConfigError, match="experts.import_dir.*experts.optimizer"):
+    pipeline.validate_config(config)
+  config = tiny_config()
+  config.distill.select, config.eval.synset = "val", "/x.npz"
+  with pytest.raises(pipeline.ConfigError, match="distill.select.*eval.synset"):
     pipeline.validate_config(config)

@@ -1,0 +1,212 @@
+"""The reproduction report: our results beside the published numbers (SPEC §9).
+
+`--mode=report --report_dirs=DIR[,DIR...]` reads every results.json under those folders and
+writes report.md and report.png into --workdir. Each of our numbers carries the protocol it
+came from (full or reduced, and what was reduced); a setting or method we have not run reads
+"not run". The paper's numbers are quoted as published, labelled "paper".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from datm_clr_jax.visualize import plt
+
+# SPEC §9: the DATM-CLR paper's Table 1 (ConvNet, mean, std), Table 2 and Table 3.
+SETTINGS = (("cifar10", 1), ("cifar10", 10), ("cifar10", 50), ("cifar100", 1), ("cifar100", 10),
+            ("tiny", 1))
+PAPER = {
+    "random_real": {("cifar10", 1): (15.4, 0.3), ("cifar10", 10): (31.0, 0.5),
+                    ("cifar10", 50): (50.6, 0.3), ("cifar100", 1): (4.2, 0.3),
+                    ("cifar100", 10): (14.6, 0.5), ("tiny", 1): (1.4, 0.1)},
+    "datm": {("cifar10", 1): (46.9, 0.5), ("cifar10", 10): (66.8, 0.2),
+             ("cifar10", 50): (76.1, 0.3), ("cifar100", 1): (27.9, 0.2),
+             ("cifar100", 10): (47.2, 0.4), ("tiny", 1): (13.6, 0.3)},
+    "datm_clr": {("cifar10", 1): (53.0, 0.4), ("cifar10", 10): (70.2, 0.3),
+                 ("cifar10", 50): (77.6, 0.3), ("cifar100", 1): (28.7, 0.2),
+                 ("cifar100", 10): (48.7, 0.3), ("tiny", 1): (14.8, 0.2)},
+}
+CROSS_ARCHS = (("convnet", "ConvNet"), ("resnet18", "ResNet18"), ("vgg11", "VGG11"),
+               ("alexnet", "AlexNet"))
+PAPER_CROSS = {"random_real": (15.46, 13.97, 12.07, 10.55), "datm": (46.91, 44.70, 43.62, 43.68),
+               "datm_clr": (53.00, 49.36, 48.98, 48.55)}
+PAPER_STRATEGY = {  # (strategy, views) -> C10 IPC1, C10 IPC10, C100 IPC1
+    ("update", "single"): (44.92, 66.22, 24.92), ("update", "multiple"): (46.72, 67.70, 26.23),
+    ("fusion", "single"): (48.25, 68.24, 27.60), ("fusion", "multiple"): (53.00, 70.23, 28.74)}
+METHOD_NAMES = {"random_real": "Random real", "datm": "DATM", "datm_clr": "DATM-CLR"}
+FULL = {"width": 128, "iterations": 10000, "eval_epochs": 1000, "num_experts": 100}
+
+
+def dataset_key(source: str, num_classes: int | None) -> str:
+  s = source.lower()
+  if "tiny" in s:
+    return "tiny"
+  if "cifar100" in s or ("cifar" in s and num_classes == 100):
+    return "cifar100"
+  if "cifar10" in s or "cifar-10" in s:
+    return "cifar10"
+  return s.split(":")[0]
+
+
+def protocol_label(r: dict) -> str:
+  """'full' or 'reduced (...)': what differs from the full-scale protocol."""
+  p = r.get("protocol", {})
+  diffs = []
+  width = p.get("model", {}).get("width")
+  if width is not None and width != FULL["width"]:
+    diffs.append(f"width {width}")
+  for key, name in (("num_experts", "experts"), ("eval_epochs", "eval epochs")):
+    if p.get(key) is not None and p[key] < FULL[key]:
+      diffs.append(f"{p[key]} {name}")
+  done = p.get("distill_iterations")
+  if done is not None and done < FULL["iterations"]:
+    diffs.append(f"{done} iterations")
+  if "jpeg" in r.get("dataset", "").lower():
+    diffs.append("JPEG CIFAR copy")
+  n = f"N={p['num_inner_steps']}" if "num_inner_steps" in p else ""
+  label = "full" if not diffs else "reduced: " + ", ".join(diffs)
+  return f"{label}; {n}" if n else label
+
+
+def load_results(dirs) -> list[dict]:
+  """Every results.json under the given folders, each with its path and setting key."""
+  found = []
+  for d in dirs:
+    for path in sorted(Path(d).glob("**/results.json")):
+      r = json.loads(path.read_text())
+      r["_path"] = str(path)
+      r["_setting"] = (dataset_key(r["dataset"], r.get("protocol", {}).get("num_classes")),
+                       r["ipc"])
+      found.append(r)
+  return found
+
+
+def clr_key(r: dict) -> tuple[str, str] | None:
+  clr = r.get("protocol", {}).get("clr")
+  if r.get("method") != "datm_clr" or not clr:
+    return None
+  return clr["strategy"], clr["view_mode"]
+
+
+def collect(results: list[dict], method: str, setting, arch: str = "convnet",
+            protocol: str | None = None, clr: tuple[str, str] | None = None) -> dict | None:
+  """Pools the runs of one method at one setting: per-run means and the spread across runs."""
+  means, evals, labels = [], [], set()
+  for r in results:
+    if r["_setting"] != setting:
+      continue
+    if method == "random_real":
+      block = r.get("random_real", {})
+    elif r.get("method") == method and (clr is None or clr_key(r) == clr):
+      block = r.get("distilled", {})
+    else:
+      continue
+    label = protocol_label(r)
+    if arch not in block or (protocol is not None and label != protocol):
+      continue
+    means.append(block[arch]["mean"])
+    evals.append(len(block[arch]["runs"]))
+    labels.add(label)
+  if not means:
+    return None
+  return {"mean": float(np.mean(means)), "std": float(np.std(means)) if len(means) > 1 else
+          None, "per_run": means, "evals": evals, "protocols": sorted(labels)}
+
+
+def fmt(c: dict | None) -> str:
+  if c is None:
+    return "not run"
+  if len(c["per_run"]) == 1:
+    return f"{c['mean']:.2f} ({c['evals'][0]} evals)"
+  return (f"{c['mean']:.2f} +- {c['std']:.2f} over {len(c['per_run'])} distillations "
+          f"({', '.join(f'{m:.2f}' for m in c['per_run'])})")
+
+
+def setting_name(setting) -> str:
+  ds, ipc = setting
+  return {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny": "Tiny-ImageNet"}.get(
+      ds, ds) + f" IPC {ipc}"
+
+
+def build_report(results: list[dict]) -> str:
+  """The report as markdown."""
+  lines = ["# Reproduction report", "",
+           "Ours: mean test accuracy (%) of the distilled set over evaluation seeds; with several "
+           "distillation runs, the mean +- std across runs. Paper: SPEC §9, as published. A "
+           "reduced-protocol number is not a reproduction of the paper's number beside it.", ""]
+  settings = list(SETTINGS) + sorted({r["_setting"] for r in results} - set(SETTINGS))
+  lines += ["## Table 1 shape (ConvNet)", "",
+            "| setting | method | ours | protocol | paper |", "|---|---|---|---|---|"]
+  for setting in settings:
+    for method in ("datm_clr", "datm", "random_real"):
+      protocols = sorted({protocol_label(r) for r in results if r["_setting"] == setting}) or [None]
+      for proto in protocols:
+        c = collect(results, method, setting, protocol=proto)
+        paper = PAPER[method].get(setting)
+        lines.append(f"| {setting_name(setting)} | {METHOD_NAMES[method]} | {fmt(c)} | "
+                     f"{proto if c else '-'} | "
+                     f"{f'{paper[0]} +- {paper[1]}' if paper else '-'} |")
+  lines += ["", "## Table 2 shape: cross-architecture, CIFAR-10 IPC 1", "",
+            "| method | " + " | ".join(f"{n} ours | {n} paper" for _, n in CROSS_ARCHS) + " |",
+            "|---|" + "---|---|" * len(CROSS_ARCHS)]
+  for method in ("random_real", "datm", "datm_clr"):
+    cells = []
+    for i, (arch, _) in enumerate(CROSS_ARCHS):
+      c = collect(results, method, ("cifar10", 1), arch=arch)
+      cells += ["not run" if c is None else f"{c['mean']:.2f}", f"{PAPER_CROSS[method][i]:.2f}"]
+    lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
+  lines += ["", "## Table 3 shape: contrastive strategy x views", "",
+            "| strategy | views | C10 IPC1 ours | paper | C10 IPC10 ours | paper | C100 IPC1 ours "
+            "| paper |", "|---|---|---|---|---|---|---|---|"]
+  for (strategy, views), paper in PAPER_STRATEGY.items():
+    cells = []
+    for i, setting in enumerate((("cifar10", 1), ("cifar10", 10), ("cifar100", 1))):
+      c = collect(results, "datm_clr", setting, clr=(strategy, views))
+      cells += ["not run" if c is None else f"{c['mean']:.2f}", f"{paper[i]:.2f}"]
+    lines.append(f"| {strategy} | {views} | " + " | ".join(cells) + " |")
+  lines += ["", "## Runs read", ""]
+  for r in results:
+    p = r.get("protocol", {})
+    lines.append(f"- `{r['_path']}`: {r['method']}, {setting_name(r['_setting'])}, "
+                 f"{protocol_label(r)}, selection: {p.get('selection', 'unknown')}")
+  if not results:
+    lines.append("- none: every row above is 'not run'")
+  return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path) -> None:
+  """Bars per setting: ours (where run) beside the paper, for each method."""
+  settings = [s for s in SETTINGS] + sorted({r["_setting"] for r in results} - set(SETTINGS))
+  methods = ("random_real", "datm", "datm_clr")
+  fig, ax = plt.subplots(figsize=(1.8 * len(settings) + 2, 4))
+  width = 0.13
+  for j, method in enumerate(methods):
+    xs = np.arange(len(settings)) + (j - 1) * 2 * width
+    paper = [PAPER[method].get(s, (np.nan,))[0] for s in settings]
+    ours = [(collect(results, method, s) or {"mean": np.nan})["mean"] for s in settings]
+    ax.bar(xs - width / 2, paper, width, color=f"C{j}", alpha=0.35,
+           label=f"{METHOD_NAMES[method]} (paper)")
+    ax.bar(xs + width / 2, ours, width, color=f"C{j}", label=f"{METHOD_NAMES[method]} (ours)")
+  ax.set_xticks(np.arange(len(settings)), [setting_name(s) for s in settings], fontsize=8)
+  ax.set_ylabel("test accuracy %")
+  ax.set_title("Ours (any protocol; see report.md) beside the paper; missing bar = not run")
+  ax.legend(fontsize=7, ncol=3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_report(dirs, out_dir) -> Path:
+  """Reads results under `dirs`, writes out_dir/report.md and out_dir/report.png."""
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  missing = [d for d in dirs if not Path(d).exists()]
+  if missing:
+    raise FileNotFoundError(f"report: no such folder(s) {missing}")
+  results = load_results(dirs)
+  (out / "report.md").write_text(build_report(results))
+  plot(results, out / "report.png")
+  return out / "report.md"

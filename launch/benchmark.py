@@ -1,0 +1,437 @@
+"""Benchmark harness: JAX beside a minimal PyTorch implementation, in one run, on one machine.
+
+Run on demand (not part of the tests):
+  .venv/bin/python launch/benchmark.py                       # every section, CPU-sized
+  .venv/bin/python launch/benchmark.py --sections=distill --settings=c10_ipc1,c10_ipc10
+  .venv/bin/python launch/benchmark.py --quick               # tiny shapes: a smoke run
+
+Sections (each prints a markdown table; --out also writes them to a file):
+  distill  one outer distillation step at each setting's real shapes (ConvNet width 128, the
+           setting's N and batch_syn). "matched" rows do the same work in both frameworks:
+           N unrolled soft-CE SGD steps on the synthetic minibatch, L_tm, gradients w.r.t.
+           images, label logits and syn_lr, and the SGD-momentum updates; no DSA, no
+           contrastive term (PyTorch: flat functional parameters, create_graph=True, as
+           MTT/DATM do). "datm-clr" rows are the full JAX step (DSA + SupCon Fusion), JAX only.
+  memory   peak memory of the compiled DATM-CLR step (XLA's memory analysis) for N = 20/40/80,
+           with and without per-step rematerialisation.
+  unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
+  experts  expert-training throughput (images/s) with K experts trained at once under vmap,
+           against PyTorch training the same K one after another (no DSA in either).
+  eval     evaluation throughput: S seeds trained on the synthetic set at once (JAX, vmap)
+           against S sequential PyTorch runs (SGD momentum + weight decay, no DSA in either).
+
+Times are medians of --repeats calls after a warm-up call; "compile" is lowering plus XLA
+compilation of the jitted function. Ratios are PyTorch time / JAX time (> 1: JAX is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# JAX must not take 75% of an accelerator up front: PyTorch runs in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datm_clr_jax import augment, distill, experts, evaluate, torch_io  # noqa: E402
+from datm_clr_jax.models import make_network  # noqa: E402
+
+# name: (classes, ipc, N, batch_syn) from SPEC §8.
+SETTINGS = {
+    "c10_ipc1": (10, 1, 80, 10),
+    "c10_ipc10": (10, 10, 80, 100),
+    "c10_ipc50": (10, 50, 80, 500),
+    "c100_ipc10": (100, 10, 80, 1000),
+    "r1": (10, 1, 20, 10),  # protocol R1's step (SPEC §10); use with --width=32
+}
+QUICK = {"c10_ipc1": (10, 1, 4, 10), "c10_ipc10": (10, 10, 4, 100)}
+
+
+def median_time(fn, repeats: int) -> float:
+  fn()  # warm-up (the first call may still allocate)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def fmt_bytes(n) -> str:
+  return "-" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def fmt_s(t) -> str:
+  if t is None:
+    return "-"
+  return f"{t * 1e3:,.1f} ms" if t < 10 else f"{t:,.1f} s"
+
+
+def ratio(t_torch, t_jax) -> str:
+  return "-" if t_torch is None or t_jax is None else f"{t_torch / t_jax:.2f}x"
+
+
+def table(header, rows) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def compiled_peak(compiled) -> int | None:
+  """Peak bytes XLA plans for one call: arguments + outputs + temporaries - aliased."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # some backends return None or raise
+    return None
+
+
+class Torch:
+  """The PyTorch side, created only when torch imports."""
+
+  def __init__(self):
+    self.torch = torch_io.require_torch()
+    self.device = "cuda" if self.torch.cuda.is_available() else "cpu"
+
+  def sync(self):
+    if self.device == "cuda":
+      self.torch.cuda.synchronize()
+
+  def reset_peak(self):
+    if self.device == "cuda":
+      self.torch.cuda.reset_peak_memory_stats()
+
+  def peak(self):
+    return self.torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
+  def tensors(self, network, flat):
+    return [self.torch.tensor(a, device=self.device) for a in
+            torch_io.flat_to_torch_list(network, flat)]
+
+
+# ------------------------------------------------------------------------------- distillation
+
+
+def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat=True,
+                  unroll=1, conv_impl="auto"):
+  """JAX network, jitted step, initial state and fake trajectories at one setting's shapes."""
+  shape = (size, size, 3)
+  net = make_network("convnet", classes, shape, width=width, conv_impl=conv_impl)
+  n = classes * ipc
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((n, *shape)).astype(np.float32)
+  logits = rng.standard_normal((n, classes)).astype(np.float32)
+  theta = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
+  # Two experts, 3 snapshots: start epoch 0, target 2 (values only need to be plausible).
+  traj = np.stack([theta + 0.01 * k * rng.standard_normal((3, theta.size)).astype(np.float32)
+                   for k in (1, 2)])
+  traj[:, 0] = theta
+  cfg = distill.StepConfig(
+      num_inner_steps=n_steps, expert_epochs=2, min_start_epoch=0, batch_syn=batch_syn,
+      threshold=1e9, strategy=augment.DEFAULT_STRATEGY if full else "",
+      dsa_mode="single" if full else "none", clr_strategy="fusion" if full else "none",
+      remat=remat, unroll=unroll)
+  opt = distill.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
+  feat = distill.feature_dim(net, shape)
+  step = distill.make_distill_step(net, cfg, opt, np.repeat(np.arange(classes), ipc), feat)
+  state = distill.init_state(images, logits, 0.01, opt)
+  args = (state, jnp.asarray(traj), jnp.asarray(1, jnp.int32), jax.random.PRNGKey(0))
+  return net, step, args, traj
+
+
+def jax_distill(step, args, repeats):
+  t0 = time.perf_counter()
+  compiled = step.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  t = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
+  return compile_s, t, compiled_peak(compiled)
+
+
+def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, repeats,
+                  depth=3):
+  """MTT/DATM's inner loop: flat params, create_graph=True, then backward to the syn set."""
+  torch = tb.torch
+  f = torch.nn.functional
+  dev = tb.device
+  rng = np.random.default_rng(0)
+  n = classes * ipc
+  images = torch.tensor(rng.standard_normal((n, 3, size, size)).astype(np.float32), device=dev,
+                        requires_grad=True)
+  logits = torch.tensor(rng.standard_normal((n, classes)).astype(np.float32), device=dev,
+                        requires_grad=True)
+  syn_lr = torch.tensor(0.01, device=dev, requires_grad=True)
+  opts = [torch.optim.SGD([images], lr=100.0, momentum=0.5),
+          torch.optim.SGD([logits], lr=2.0, momentum=0.9),
+          torch.optim.SGD([syn_lr], lr=1e-5, momentum=0.5)]
+  shapes = [a.shape for a in torch_io.flat_to_torch_list(net, traj[0, 0])]
+  sizes = [int(np.prod(s)) for s in shapes]
+  start = torch.tensor(np.concatenate([a.ravel() for a in torch_io.flat_to_torch_list(
+      net, traj[0, 0])]), device=dev)
+  target = torch.tensor(np.concatenate([a.ravel() for a in torch_io.flat_to_torch_list(
+      net, traj[0, 2])]), device=dev)
+
+  def unflat(p):
+    return [t.view(s) for t, s in zip(torch.split(p, sizes), shapes)]
+
+  def one_step():
+    for o in opts:
+      o.zero_grad()
+    y = f.softmax(logits, dim=1)
+    chunks = n // batch_syn
+    perm = torch.cat([torch.randperm(n, device=dev)[:chunks * batch_syn]
+                      for _ in range(-(-n_steps // chunks))]).view(-1, batch_syn)
+    params = [start.clone().requires_grad_(True)]
+    for i in range(n_steps):
+      idx = perm[i]
+      out, _ = torch_io.torch_convnet(unflat(params[-1]), images[idx], depth=depth)
+      ce = -(y[idx] * f.log_softmax(out, dim=1)).sum(1).mean()
+      g = torch.autograd.grad(ce, params[-1], create_graph=True)[0]
+      params.append(params[-1] - syn_lr * g)
+    l_tm = ((params[-1] - target) ** 2).sum() / ((start - target) ** 2).sum()
+    l_tm.backward()
+    for o in opts:
+      o.step()
+    tb.sync()
+
+  tb.reset_peak()
+  t = median_time(one_step, repeats)
+  return t, tb.peak()
+
+
+def setting(spec: str, quick: bool):
+  """'c10_ipc10' or 'c10_ipc10:10' (N overridden, e.g. to fit a CPU's time) -> its shapes."""
+  name, _, n = spec.partition(":")
+  classes, ipc, n_steps, batch_syn = (QUICK if quick else SETTINGS)[name]
+  return name, classes, ipc, int(n) if n else n_steps, batch_syn
+
+
+def section_distill(a, tb):
+  rows = []
+  for spec in a.settings:
+    name, classes, ipc, n_steps, batch_syn = setting(spec, a.quick)
+    print(f"[distill] {name}: N={n_steps} batch_syn={batch_syn}", flush=True)
+    net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                          full=False, unroll=a.unroll, remat=a.remat,
+                                          conv_impl=a.conv_impl)
+    c, t, mem = jax_distill(step, args, a.repeats)
+    tt = tmem = None
+    if tb:
+      tt, tmem = torch_distill(tb, net, traj, classes, ipc, n_steps, batch_syn, a.size,
+                               a.repeats)
+    rows.append([name, "matched", n_steps, batch_syn, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem),
+                 fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
+    print("  ", rows[-1], flush=True)
+    if not a.skip_full:
+      _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                       full=True, unroll=a.unroll, remat=a.remat,
+                                       conv_impl=a.conv_impl)
+      c, t, mem = jax_distill(step, args, a.repeats)
+      rows.append([name, "datm-clr (JAX only)", n_steps, batch_syn, f"{c:.1f} s", fmt_s(t),
+                   fmt_bytes(mem), "-", "-", "-"])
+      print("  ", rows[-1], flush=True)
+  return table(["setting", "step", "N", "batch_syn", "JAX compile", "JAX step",
+                "JAX peak (XLA)", "PyTorch step", "PyTorch peak", "PyTorch/JAX"], rows)
+
+
+def section_memory(a, tb):
+  rows = []
+  for spec in a.memory_settings:
+    name, classes, ipc, _, batch_syn = setting(spec, False)
+    for n_steps in a.memory_steps:
+      mems = []
+      for remat in (True, False):
+        _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                         full=True, remat=remat, unroll=a.unroll)
+        t0 = time.perf_counter()
+        mems.append(compiled_peak(step.lower(*args).compile()))
+        print(f"[memory] {name} N={n_steps} remat={remat}: {fmt_bytes(mems[-1])} "
+              f"({time.perf_counter() - t0:.1f} s to compile)", flush=True)
+      rows.append([name, n_steps, fmt_bytes(mems[0]), fmt_bytes(mems[1]),
+                   "-" if None in mems else f"{mems[1] / mems[0]:.2f}x"])
+  return table(["setting", "N", "peak, remat on", "peak, remat off", "off/on"], rows)
+
+
+def section_unroll(a, tb):
+  _, classes, ipc, n_steps, batch_syn = setting(a.unroll_setting, a.quick)
+  rows = []
+  for u in a.unrolls:
+    _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                     full=True, unroll=u)
+    c, t, mem = jax_distill(step, args, a.repeats)
+    rows.append([a.unroll_setting, u, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem)])
+    print("[unroll]", rows[-1], flush=True)
+  return table(["setting", "scan unroll", "compile", "step", "peak (XLA)"], rows)
+
+
+# ----------------------------------------------------------------------- experts, evaluation
+
+
+def torch_train(tb, net, flat, x, y, *, steps, batch, lr, momentum=0.0, wd=0.0, depth=3):
+  """Plain PyTorch SGD training of one ConvNet: `steps` minibatches of `batch` images."""
+  torch = tb.torch
+  params = [p.requires_grad_(True) for p in tb.tensors(net, flat)]
+  opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
+  n = x.shape[0]
+  for s in range(steps):
+    idx = torch.randint(0, n, (batch,), device=tb.device)
+    out, _ = torch_io.torch_convnet(params, x[idx], depth=depth)
+    loss = torch.nn.functional.cross_entropy(out, y[idx])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+  tb.sync()
+
+
+def section_experts(a, tb):
+  shape = (a.size, a.size, 3)
+  net = make_network("convnet", 10, shape, width=a.width)
+  batch, steps = 256, a.expert_steps
+  n = batch * steps
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((n, *shape)).astype(np.float32)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  xd, yd = jnp.asarray(x), jnp.asarray(y)
+  epoch = experts.make_train_epoch(net, lr=0.01, batch_size=batch, num_train=n, strategy="",
+                                   dsa_mode="none")
+  flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
+  t_torch1 = None
+  if tb:
+    xt = tb.torch.tensor(x.transpose(0, 3, 1, 2), device=tb.device)
+    yt = tb.torch.tensor(y.astype(np.int64), device=tb.device)
+    t_torch1 = median_time(lambda: torch_train(tb, net, flat, xt, yt, steps=steps, batch=batch,
+                                               lr=0.01), a.repeats)
+  rows, base = [], None
+  for k in a.expert_k:
+    params = jnp.asarray(np.repeat(flat[None], k, 0))
+    keys = jax.random.split(jax.random.PRNGKey(1), k)
+    t0 = time.perf_counter()
+    compiled = epoch.lower(params, keys, xd, yd).compile()
+    c = time.perf_counter() - t0
+    t = median_time(lambda: jax.block_until_ready(compiled(params, keys, xd, yd)), a.repeats)
+    ips = k * n / t
+    base = base or ips / k
+    tt = None if t_torch1 is None else k * t_torch1
+    rows.append([k, f"{c:.1f} s", fmt_s(t), f"{ips:,.0f}", f"{ips / base:.2f}x",
+                 "-" if tt is None else f"{k * n / tt:,.0f}", ratio(tt, t)])
+    print("[experts]", rows[-1], flush=True)
+  return table(["K experts", "JAX compile", f"JAX time ({steps} steps)", "JAX images/s",
+                "JAX speed-up vs K=1", "PyTorch images/s (sequential)", "PyTorch/JAX"], rows)
+
+
+def section_eval(a, tb):
+  shape = (a.size, a.size, 3)
+  net = make_network("convnet", 10, shape, width=a.width)
+  n = 10 * a.eval_ipc
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((n, *shape)).astype(np.float32)
+  labels = np.repeat(np.arange(10), a.eval_ipc)
+  y = np.eye(10, dtype=np.float32)[labels]
+  cfg = evaluate.EvalConfig(epochs=a.eval_epochs, strategy="", dsa_mode="none")
+  trainer = evaluate.make_trainer(net, cfg, n, shape)
+  steps_per_epoch = -(-n // cfg.batch_size)
+  # The JAX loop runs epochs + 1 epochs (the reference's range(epochs + 1)).
+  total_steps = steps_per_epoch * (a.eval_epochs + 1)
+  flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
+  rows = []
+  t_torch1 = None
+  if tb:
+    xt = tb.torch.tensor(x.transpose(0, 3, 1, 2), device=tb.device)
+    yt = tb.torch.tensor(labels.astype(np.int64), device=tb.device)
+    t_torch1 = median_time(lambda: torch_train(
+        tb, net, flat, xt, yt, steps=total_steps, batch=min(n, cfg.batch_size), lr=0.01,
+        momentum=0.9, wd=5e-4), a.repeats)
+  for s in a.eval_seeds:
+    keys = jax.random.split(jax.random.PRNGKey(0), s)
+    args = (keys, jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01))
+    t0 = time.perf_counter()
+    compiled = trainer.lower(*args).compile()
+    c = time.perf_counter() - t0
+    t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
+    tt = None if t_torch1 is None else s * t_torch1
+    rows.append([s, n, a.eval_epochs, f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
+    print("[eval]", rows[-1], flush=True)
+  return table(["seeds", "images", "epochs", "JAX compile", "JAX time", "PyTorch time "
+                "(sequential)", "PyTorch/JAX"], rows)
+
+
+SECTIONS = {"distill": section_distill, "memory": section_memory, "unroll": section_unroll,
+            "experts": section_experts, "eval": section_eval}
+
+
+def machine() -> str:
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", dev.platform)
+  cpu = platform.processor() or platform.machine()
+  return (f"JAX {jax.__version__} on {dev.platform} ({kind}), {len(jax.devices())} device(s); "
+          f"host {cpu}, {os.cpu_count()} CPU cores")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  csv = lambda s: [v for v in s.split(",") if v]
+  ints = lambda s: [int(v) for v in csv(s)]
+  p.add_argument("--sections", type=csv, default=list(SECTIONS))
+  p.add_argument("--settings", type=csv, default=["c10_ipc1", "c10_ipc10"],
+                 help="names from SETTINGS; NAME:N overrides the inner-step count")
+  p.add_argument("--memory_settings", type=csv, default=["c10_ipc10", "c100_ipc10"])
+  p.add_argument("--memory_steps", type=ints, default=[20, 40, 80])
+  p.add_argument("--unroll_setting", default="c10_ipc1")
+  p.add_argument("--unrolls", type=ints, default=[1, 2, 4, 8])
+  p.add_argument("--unroll", type=int, default=1, help="scan unroll of the other sections")
+  p.add_argument("--remat", type=int, default=1, help="distill section: remat each step (1/0)")
+  p.add_argument("--conv_impl", default="auto", help="auto | xla | im2col (distill section)")
+  p.add_argument("--expert_k", type=ints, default=[1, 2, 4, 8])
+  p.add_argument("--expert_steps", type=int, default=10)
+  p.add_argument("--eval_ipc", type=int, default=10)
+  p.add_argument("--eval_epochs", type=int, default=50)
+  p.add_argument("--eval_seeds", type=ints, default=[1, 5])
+  p.add_argument("--width", type=int, default=128)
+  p.add_argument("--size", type=int, default=32)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--skip_full", action="store_true", help="no JAX-only DATM-CLR rows")
+  p.add_argument("--no_torch", action="store_true")
+  p.add_argument("--quick", action="store_true", help="tiny shapes, for a smoke run")
+  p.add_argument("--out", default="", help="also write the tables to this markdown file")
+  a = p.parse_args(argv)
+  if a.quick:
+    a.width, a.size, a.repeats, a.expert_steps, a.eval_epochs = 8, 16, 1, 2, 2
+    a.memory_settings, a.memory_steps, a.unrolls, a.expert_k = ["c10_ipc1"], [2, 4], [1, 2], [1, 2]
+    a.settings = [s for s in a.settings if s.partition(":")[0] in QUICK]
+  tb = None
+  if not a.no_torch:
+    try:
+      tb = Torch()
+    except torch_io.TorchIOError as e:
+      print(f"PyTorch columns left empty: {e}", flush=True)
+  header = [f"# Benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+            machine() + (f"; PyTorch {tb.torch.__version__} on {tb.device}" if tb else ""),
+            "", "Command: `" + " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])) + "`",
+            f"ConvNet width {a.width}, {a.size}x{a.size} images, median of {a.repeats}; "
+            f"distill section: remat {bool(a.remat)}, conv_impl {a.conv_impl}, "
+            f"scan unroll {a.unroll}.", ""]
+  print("\n".join(header), flush=True)
+  out = header[:]
+  for name in a.sections:
+    t0 = time.perf_counter()
+    text = SECTIONS[name](a, tb)
+    block = f"## {name} ({time.perf_counter() - t0:.0f} s)\n\n{text}\n"
+    print(block, flush=True)
+    out.append(block)
+    if a.out:
+      Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+      Path(a.out).write_text("\n".join(out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

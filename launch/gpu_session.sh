@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One GPU session, every phase under its own time limit (a lent device gives ~10 minutes):
+#   1. protocol R1's experts (SPEC §10: 5 x 8 epochs, width 32) for the CPU reproduction;
+#   2. the full CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128) cut to fit: EXPERTS
+#      experts of EXPERT_EPOCHS epochs (IPC 1 reads snapshots 0..6 only, so 6 epochs lose
+#      nothing but the expert-0 init and labels are taken from epoch 6 instead of 50), as many
+#      distillation iterations as T_DISTILL seconds allow (killed with SIGINT, then evaluated
+#      from the last checkpoint), the 5-seed ConvNet evaluation of 1000 epochs;
+#   3. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side.
+# Usage: OUT=<dir> DATA=<cifar10-jpeg.zip> bash launch/gpu_session.sh
+# Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
+# benchmark_gpu.md, c10_ipc1_results.json, c10_ipc1_metrics.jsonl, syn_images.png, outputs.tar
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-checkpoints/gpu_out}
+DATA=${DATA:-../shared/data/cifar10-jpeg.zip}
+ROOT=${ROOT:-checkpoints/gpu}
+EXPERTS=${EXPERTS:-10}
+EXPERT_EPOCHS=${EXPERT_EPOCHS:-6}
+T_R1=${T_R1:-150}
+T_EXPERTS=${T_EXPERTS:-150}
+T_DISTILL=${T_DISTILL:-150}
+T_EVAL=${T_EVAL:-120}
+T_BENCH=${T_BENCH:-170}
+SRC=${SRC:---config.data.source=image_folder:$(realpath "$DATA")}
+EXTRA=${EXTRA:-}              # more --config overrides (local smoke runs)
+R1_EXTRA=${R1_EXTRA:-}
+BENCH_ARGS=${BENCH_ARGS:---sections=distill,experts,eval,memory,unroll --settings=c10_ipc1,c10_ipc10,c10_ipc50,c100_ipc10 --expert_k=1,2,4,8,16,32 --eval_seeds=1,5,10 --memory_settings=c100_ipc10 --memory_steps=20,80 --unrolls=1,4 --repeats=5}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$ROOT"
+LOG="$OUT/session.log"
+
+phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and seconds
+  local name=$1 limit=$2 t0 rc
+  shift 2
+  t0=$(date +%s)
+  echo "=== $name (limit ${limit}s) $(date -u +%T): $*" >> "$LOG"
+  timeout -s INT -k 15 "$limit" "$@" >> "$LOG" 2>&1
+  rc=$?
+  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/phases.txt" >> "$LOG"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+    || echo "no nvidia-smi"; $PY -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
+  >> "$OUT/phases.txt" 2>&1
+M="$PY -m datm_clr_jax"
+C10="--config=configs/cifar10_ipc1.py --workdir=$ROOT/c10_ipc1 $SRC --config.data.cache_dir=$ROOT/cache"
+
+phase r1_experts "$T_R1" $M --config=configs/cifar10_r1.py --workdir="$ROOT/r1" --mode=experts \
+  $SRC --config.data.cache_dir="$ROOT/cache" $R1_EXTRA
+phase c10_experts "$T_EXPERTS" $M $C10 --mode=experts --config.experts.num_experts="$EXPERTS" \
+  --config.experts.epochs="$EXPERT_EPOCHS" --config.experts.parallel=5 $EXTRA
+phase c10_distill "$T_DISTILL" $M $C10 --mode=distill --config.experts.num_experts="$EXPERTS" \
+  --config.experts.epochs="$EXPERT_EPOCHS" --config.distill.checkpoint_every=50 $EXTRA
+phase c10_evaluate "$T_EVAL" $M $C10 --mode=evaluate --config.experts.num_experts="$EXPERTS" \
+  --config.experts.epochs="$EXPERT_EPOCHS" $EXTRA
+phase benchmark "$T_BENCH" $PY launch/benchmark.py $BENCH_ARGS --out "$OUT/benchmark_gpu.md"
+
+W="$ROOT/c10_ipc1"
+cp "$W/results.json" "$OUT/c10_ipc1_results.json" 2>/dev/null
+cp "$W/metrics.jsonl" "$OUT/c10_ipc1_metrics.jsonl" 2>/dev/null
+cp "$W/syn_images.png" "$OUT/syn_images.png" 2>/dev/null
+tar -cf "$OUT/outputs.tar" "$ROOT/r1/experts" "$W/syn_set.npz" "$W/config.json" \
+  "$ROOT/r1/metrics.jsonl" 2>> "$LOG"
+ls -la "$OUT" >> "$LOG"
+cat "$OUT/phases.txt"
