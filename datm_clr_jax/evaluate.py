@@ -12,6 +12,7 @@ the loss is cross-entropy against the label distribution. The seeds train togeth
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,9 @@ def _loss_fn(network: Network, variables, x, y, w):
   return losses.soft_cross_entropy(logits, y, w), variables
 
 
+# Cached: repeated evaluations of one shape (validation selection every few hundred
+# iterations, several sets per run) reuse one compiled trainer instead of recompiling.
+@functools.lru_cache(maxsize=16)
 def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
                  per_seed_data: bool = False):
   """Returns jitted train(keys (S,2), x, y, lr ()) -> variables (S, ...).
@@ -97,6 +101,7 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
   return jax.jit(jax.vmap(train_one, in_axes=(0, data_axis, data_axis, None)))
 
 
+@functools.lru_cache(maxsize=16)
 def make_tester(network: Network, chunk: int = 1000):
   """Returns test(variables (S,...), x (M,H,W,C), y (M,)) -> accuracy (S,) in [0, 1]."""
 

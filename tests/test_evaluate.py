@@ -26,8 +26,10 @@ def test_training_on_a_tiny_set_learns():
   accs = evaluate.evaluate_synset(net, x, probs, 0.01, x_test, y_test, seeds=[0, 1], cfg=CFG)
   assert len(accs) == 2 and min(accs) > 60.0
   # Seeds differ, the same seed repeats exactly.
+  hits = evaluate.make_trainer.cache_info().hits
   again = evaluate.evaluate_synset(net, x, probs, 0.01, x_test, y_test, seeds=[0], cfg=CFG)
   assert again[0] == accs[0]
+  assert evaluate.make_trainer.cache_info().hits == hits + 1  # no second compile
 
 
 def test_batch_norm_network_evaluates_with_running_statistics():
