@@ -8,6 +8,15 @@
 #      from the last checkpoint), the 5-seed ConvNet evaluation of 1000 epochs;
 #   3. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side.
 # Usage: OUT=<dir> DATA=<cifar10-jpeg.zip> bash launch/gpu_session.sh
+# On the lent device (no registry there; ml_collections is missing from its image), the data
+# and the wheel travel in an ignored folder of the repo:
+#   here:  mkdir -p .gpu_carry && cp ../shared/data/cifar10-jpeg.zip .gpu_carry/ &&
+#          cp /opt/pypi/files/ml_collections-1.1.0-py3-none-any.whl .gpu_carry/ &&
+#          echo /.gpu_carry/ >> .git/info/exclude
+#   run (carry [".gpu_carry"], timeout 600):
+#          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
+#          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip T_R1=140 \
+#          T_EXPERTS=110 T_DISTILL=110 T_EVAL=80 T_BENCH=135 timeout 590 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
 # benchmark_gpu.md, c10_ipc1_results.json, c10_ipc1_metrics.jsonl, syn_images.png, outputs.tar
 set -uo pipefail
