@@ -444,13 +444,15 @@ class Run:
       iteration, selection = None, "external set"
     else:
       selection = "final iteration (no test-set selection)"
+      loaded_here = state is None or d.select == "val"
       if d.select == "val":
         state, best = self.load_best()
         selection = (f"best validation accuracy ({best['val_acc']:.2f}%, {d.val_per_class} "
                      f"training images per class held out), iteration {best['iteration']}")
       elif state is None:
         state = self.require_state()
-      self.save_synset(state)
+      if loaded_here:  # distill() already wrote the files of the state it returned
+        self.save_synset(state)
       syn_images, syn_labels = np.asarray(state.syn_images), np.asarray(state.syn_labels)
       syn_lr, iteration = float(state.syn_lr), int(state.iteration)
     p = self.prepared

@@ -131,13 +131,18 @@ def setting_name(setting) -> str:
       ds, ds) + f" IPC {ipc}"
 
 
+def all_settings(results: list[dict]) -> list:
+  """The paper's settings, then any other setting our results cover (e.g. digits)."""
+  return list(SETTINGS) + sorted({r["_setting"] for r in results} - set(SETTINGS))
+
+
 def build_report(results: list[dict]) -> str:
   """The report as markdown."""
   lines = ["# Reproduction report", "",
            "Ours: mean test accuracy (%) of the distilled set over evaluation seeds; with several "
            "distillation runs, the mean +- std across runs. Paper: SPEC §9, as published. A "
            "reduced-protocol number is not a reproduction of the paper's number beside it.", ""]
-  settings = list(SETTINGS) + sorted({r["_setting"] for r in results} - set(SETTINGS))
+  settings = all_settings(results)
   lines += ["## Table 1 shape (ConvNet)", "",
             "| setting | method | ours | protocol | paper |", "|---|---|---|---|---|"]
   for setting in settings:
@@ -179,7 +184,7 @@ def build_report(results: list[dict]) -> str:
 
 def plot(results: list[dict], path) -> None:
   """Bars per setting: ours (where run) beside the paper, for each method."""
-  settings = [s for s in SETTINGS] + sorted({r["_setting"] for r in results} - set(SETTINGS))
+  settings = all_settings(results)
   methods = ("random_real", "datm", "datm_clr")
   fig, ax = plt.subplots(figsize=(1.8 * len(settings) + 2, 4))
   width = 0.13

@@ -173,12 +173,14 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, 
   opts = [torch.optim.SGD([images], lr=100.0, momentum=0.5),
           torch.optim.SGD([logits], lr=2.0, momentum=0.9),
           torch.optim.SGD([syn_lr], lr=1e-5, momentum=0.5)]
-  shapes = [a.shape for a in torch_io.flat_to_torch_list(net, traj[0, 0])]
+  def torch_flat(flat):  # our flat vector -> the reference's flat order and layouts
+    tensors = torch_io.flat_to_torch_list(net, flat)
+    return [a.shape for a in tensors], torch.tensor(
+        np.concatenate([a.ravel() for a in tensors]), device=dev)
+
+  shapes, start = torch_flat(traj[0, 0])
+  _, target = torch_flat(traj[0, 2])
   sizes = [int(np.prod(s)) for s in shapes]
-  start = torch.tensor(np.concatenate([a.ravel() for a in torch_io.flat_to_torch_list(
-      net, traj[0, 0])]), device=dev)
-  target = torch.tensor(np.concatenate([a.ravel() for a in torch_io.flat_to_torch_list(
-      net, traj[0, 2])]), device=dev)
 
   def unflat(p):
     return [t.view(s) for t, s in zip(torch.split(p, sizes), shapes)]
