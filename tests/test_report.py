@@ -13,6 +13,7 @@ def fake_result(method, mean, *, seed=0, width=32, source="image_folder:/x/cifar
   runs = [mean - 1.0, mean, mean + 1.0]
   block = {"convnet": {"mean": mean, "std": 0.8, "runs": runs}}
   return {"dataset": source, "ipc": 1, "method": method, "distilled": block,
+          "eval_seeds": [10_000 + 100 * seed + i for i in range(3)],
           "random_real": {"convnet": {"mean": 20.0 + seed, "std": 1.0, "runs": [20.0 + seed]}},
           "protocol": {"eval_epochs": 1000, "num_inner_steps": 20, "distill_iterations": 500,
                        "num_experts": 5, "model": {"width": width}, "num_classes": 10,
@@ -39,6 +40,9 @@ def test_report_pools_runs_and_marks_missing(tmp_path):
   assert "| DATM-CLR | 31.00 | 53.00 | not run | 49.36 |" in text
   assert "| fusion | multiple | 31.00 | 53.00 | not run | 70.23 |" in text
   assert "| update | single | not run | 44.92 |" in text
+  # datm0 shares clr0's evaluation seeds, hence its random-real subsets: counted once.
+  assert "| CIFAR-10 IPC 1 | Random real | 20.50 +- 0.50 over 2 distillations (20.00, 21.00)" in text
+  assert "datm_clr, CIFAR-10 IPC 1" in text and "distilled 32.00 +- 0.80 (3 evals)" in text
 
 
 def test_report_command_writes_markdown_and_figure(tmp_path):
