@@ -1,7 +1,8 @@
 """The reproduction report: our results beside the published numbers (SPEC §9).
 
 `--mode=report --report_dirs=DIR[,DIR...]` reads every results.json under those folders and
-writes report.md and report.png into --workdir. Each of our numbers carries the protocol it
+writes report.md, report.png and runs/<workdir name>.json (a copy of each results.json read)
+into --workdir. Each of our numbers carries the protocol it
 came from (full or reduced, and what was reduced); a setting or method we have not run reads
 "not run". The paper's numbers are quoted as published, labelled "paper".
 """
@@ -235,4 +236,15 @@ def write_report(dirs, out_dir) -> Path:
   results = load_results(dirs)
   (out / "report.md").write_text(build_report(results))
   plot(results, out / "report.png")
+  # A copy of every results.json read, so the report folder can be committed on its own.
+  runs = out / "runs"
+  runs.mkdir(exist_ok=True)
+  used = set()
+  for r in results:
+    path = Path(r["_path"])
+    name = path.parent.name
+    if name in used:  # same workdir name under two report dirs
+      name = f"{path.parent.parent.name}_{name}"
+    used.add(name)
+    (runs / f"{name}.json").write_text(path.read_text())
   return out / "report.md"

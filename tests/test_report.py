@@ -52,6 +52,8 @@ def test_report_command_writes_markdown_and_figure(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert (tmp_path / "rep" / "report.md").exists() and (tmp_path / "rep" / "report.png").exists()
+  assert (json.loads((tmp_path / "rep" / "runs" / "a.json").read_text())["distilled"]
+          == fake_result("datm_clr", 30.0)["distilled"])
   bad = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
                         "--report_dirs=/no/such/dir"], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
