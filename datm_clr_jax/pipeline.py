@@ -497,9 +497,37 @@ class Run:
         logging.info("evaluate %s (%s): %.2f +- %.2f (%.1fs)", name.replace("_", " "), arch,
                      np.mean(runs), np.std(runs), time.time() - t0)
     # An outside set's numbers must not overwrite this workdir's own results.
-    name = "results_external.json" if external else "results.json"
-    (self.workdir / name).write_text(json.dumps(results, indent=1))
+    path = self.workdir / ("results_external.json" if external else "results.json")
+    results = merge_archs(path, results)
+    path.write_text(json.dumps(results, indent=1))
     return results
+
+
+def merge_archs(path: Path, results: dict) -> dict:
+  """`results` plus the other architectures' numbers of an earlier results.json of the same set.
+
+  Cross-architecture evaluation can then run as a second command (`--config.eval.archs=...`)
+  without losing the ConvNet numbers. 'Same set' means the same synthetic set (syn_lr, iteration,
+  selection) evaluated with the same seeds and protocol; anything else is replaced, not mixed.
+  """
+  if not path.exists():
+    return results
+  try:
+    old = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    logging.warning("%s is not valid JSON; replacing it", path)
+    return results
+  keys = ("method", "syn_lr", "eval_seeds", "ipc", "protocol", "external")
+  # Compared as JSON, where the tuples of the new results are lists like the file's.
+  same = json.loads(json.dumps([results.get(k) for k in keys])) == [old.get(k) for k in keys]
+  if not same:
+    logging.info("%s held results of another set or protocol; replacing them", path)
+    return results
+  for block in ("distilled", "random_real"):
+    merged = {**old.get(block, {}), **results.get(block, {})}
+    if merged:
+      results[block] = merged
+  return results
 
 
 def format_table(results: dict) -> str:

@@ -132,3 +132,19 @@ def test_incompatible_settings_are_named():
   config.distill.select, config.eval.synset = "val", "/x.npz"
   with pytest.raises(pipeline.ConfigError, match="distill.select.*eval.synset"):
     pipeline.validate_config(config)
+
+
+def test_a_second_evaluation_adds_architectures_of_the_same_set(tmp_path):
+  path = tmp_path / "results.json"
+  base = {"method": "datm", "syn_lr": 0.01, "eval_seeds": [1, 2], "ipc": 1,
+          "protocol": {"model": {"width": 32}, "archs": ("convnet",)}}
+  conv = {"convnet": {"mean": 40.0, "std": 1.0, "runs": [39.0, 41.0]}}
+  res = {"resnet18": {"mean": 30.0, "std": 2.0, "runs": [28.0, 32.0]}}
+  path.write_text(json.dumps({**base, "distilled": conv, "random_real": conv}))
+  merged = pipeline.merge_archs(path, {**base, "distilled": dict(res)})
+  assert merged["distilled"] == {**conv, **res} and merged["random_real"] == conv
+  # A different set (another syn_lr) or an unreadable file is replaced, never mixed in.
+  other = pipeline.merge_archs(path, {**base, "syn_lr": 0.02, "distilled": dict(res)})
+  assert other["distilled"] == res and "random_real" not in other
+  path.write_text("{truncated")
+  assert pipeline.merge_archs(path, {**base, "distilled": dict(res)})["distilled"] == res
