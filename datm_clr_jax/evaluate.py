@@ -52,8 +52,11 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
 
   x (n,H,W,C) and y (n,C) are shared by all seeds, or (S,n,H,W,C), (S,n,C) with per_seed_data.
   """
-  steps = -(-num_syn // cfg.batch_size)
-  pad = steps * cfg.batch_size
+  # A set smaller than one batch is one batch of its own size (as a PyTorch DataLoader gives),
+  # not a padded batch_size: at IPC 1 padding to 128 would train on 12.8x the images needed.
+  batch = min(cfg.batch_size, num_syn)
+  steps = -(-num_syn // batch)
+  pad = steps * batch
 
   def train_one(key, x, y, lr):
     k_init, k_run = jax.random.split(key)
@@ -84,7 +87,7 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
           new_vars = {**new_vars, "params": optax.apply_updates(variables["params"], upd)}
           return (new_vars, opt_state), None
 
-        xs = (order.reshape(steps, cfg.batch_size), mask.reshape(steps, cfg.batch_size),
+        xs = (order.reshape(steps, batch), mask.reshape(steps, batch),
               jax.random.split(k_aug, steps))
         return jax.lax.scan(step, (variables, opt_state), xs)[0], None
 

@@ -32,6 +32,16 @@ def test_training_on_a_tiny_set_learns():
   assert evaluate.make_trainer.cache_info().hits == hits + 1  # no second compile
 
 
+def test_a_set_smaller_than_a_batch_is_one_batch_of_its_own_size():
+  x, y = _blobs(2)  # 6 images: batch_size 128 must train exactly like batch_size 6
+  net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1)
+  keys = jax.numpy.stack([jax.random.PRNGKey(0)])
+  probs = np.eye(3, dtype=np.float32)[y]
+  out = [evaluate.make_trainer(net, evaluate.EvalConfig(epochs=1, batch_size=b, strategy="flip"),
+                               len(x), (8, 8, 3))(keys, x, probs, 0.01) for b in (6, 128)]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, *out)
+
+
 def test_batch_norm_network_evaluates_with_running_statistics():
   x, y = _blobs(2)
   # A ConvNet with norm='batch' takes the same stateful path as resnet18_bn / vgg11_bn at a
