@@ -2,9 +2,9 @@
 
 `--mode=report --report_dirs=DIR[,DIR...]` reads every results.json under those folders and
 writes report.md, report.png and runs/<workdir name>.json (a copy of each results.json read)
-into --workdir. Each of our numbers carries the protocol it
-came from (full or reduced, and what was reduced); a setting or method we have not run reads
-"not run". The paper's numbers are quoted as published, labelled "paper".
+into --workdir. Each of our numbers carries the protocol it came from (full or reduced, and
+what was reduced); a setting or method we have not run reads "not run". The paper's numbers
+are quoted as published, labelled "paper".
 """
 
 from __future__ import annotations
