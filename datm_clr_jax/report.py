@@ -85,16 +85,36 @@ def load_results(dirs) -> list[dict]:
   return found
 
 
-def clr_key(r: dict) -> tuple[str, str] | None:
+# The paper's contrastive hyperparameters (§6); a run that differs in any of them is a variant.
+PAPER_CLR = {"alpha": 0.1, "beta": 1.0, "lam": 0.1, "loss": "supcon", "temperature": 0.1,
+             "head": "random"}
+MAIN_CLR = ("fusion", "multiple", "")  # Table 1's DATM-CLR: Fusion, multiple views, paper values
+
+
+def clr_key(r: dict) -> tuple[str, str, str] | None:
+  """(strategy, views, variant) of a DATM-CLR run; variant '' means the paper's values."""
   clr = r.get("protocol", {}).get("clr")
   if r.get("method") != "datm_clr" or not clr:
     return None
-  return clr["strategy"], clr["view_mode"]
+  # Fusion ignores lam and Update ignores alpha, so only the one in use makes a variant.
+  keys = ("alpha" if clr["strategy"] == "fusion" else "lam", "beta", "loss", "temperature",
+          "head")
+  variant = ", ".join(f"{k} {clr[k]}" for k in keys if clr.get(k, PAPER_CLR[k]) != PAPER_CLR[k])
+  return clr["strategy"], clr["view_mode"], variant
+
+
+def clr_name(key: tuple[str, str, str]) -> str:
+  """'DATM-CLR' for the main setting, else e.g. 'DATM-CLR (update, multiple; lam 0.05)'."""
+  if key == MAIN_CLR:
+    return METHOD_NAMES["datm_clr"]
+  return f"DATM-CLR ({key[0]}, {key[1]}" + (f"; {key[2]})" if key[2] else ")")
 
 
 def collect(results: list[dict], method: str, setting, arch: str = "convnet",
-            protocol: str | None = None, clr: tuple[str, str] | None = None) -> dict | None:
+            protocol: str | None = None, clr: tuple[str, str, str] = MAIN_CLR) -> dict | None:
   """Pools the runs of one method at one setting: per-run means and the spread across runs.
+
+  DATM-CLR pools only runs of one contrastive configuration `clr` (see clr_key).
 
   DATM and DATM-CLR runs of one seed evaluate the same random-real subsets (the subsets follow
   the evaluation seeds), so random real counts each set of evaluation seeds once.
@@ -109,7 +129,7 @@ def collect(results: list[dict], method: str, setting, arch: str = "convnet",
       if key in seen:
         continue
       seen.add(key)
-    elif r.get("method") == method and (clr is None or clr_key(r) == clr):
+    elif r.get("method") == method and (method != "datm_clr" or clr_key(r) == clr):
       block = r.get("distilled", {})
     else:
       continue
@@ -163,12 +183,19 @@ def build_report(results: list[dict]) -> str:
   lines += ["## Table 1 shape (ConvNet)", "",
             "| setting | method | ours | protocol | paper |", "|---|---|---|---|---|"]
   for setting in settings:
-    for method in ("datm_clr", "datm", "random_real"):
-      protocols = sorted({protocol_label(r) for r in results if r["_setting"] == setting}) or [None]
+    protocols = sorted({protocol_label(r) for r in results if r["_setting"] == setting}) or [None]
+    variants = sorted({clr_key(r) for r in results if r["_setting"] == setting} - {None, MAIN_CLR})
+    rows = ([("datm_clr", MAIN_CLR, METHOD_NAMES["datm_clr"])]
+            + [("datm_clr", v, clr_name(v)) for v in variants]
+            + [(m, MAIN_CLR, METHOD_NAMES[m]) for m in ("datm", "random_real")])
+    for method, clr, name in rows:
+      # The paper's number sits beside the method it reports: not beside our variants.
+      paper = PAPER[method].get(setting) if clr == MAIN_CLR else None
       for proto in protocols:
-        c = collect(results, method, setting, protocol=proto)
-        paper = PAPER[method].get(setting)
-        lines.append(f"| {setting_name(setting)} | {METHOD_NAMES[method]} | {fmt(c)} | "
+        c = collect(results, method, setting, protocol=proto, clr=clr)
+        if c is None and clr != MAIN_CLR:
+          continue
+        lines.append(f"| {setting_name(setting)} | {name} | {fmt(c)} | "
                      f"{proto if c else '-'} | "
                      f"{f'{paper[0]} +- {paper[1]}' if paper else '-'} |")
   lines += ["", "## Table 2 shape: cross-architecture, CIFAR-10 IPC 1", "",
@@ -186,7 +213,7 @@ def build_report(results: list[dict]) -> str:
   for (strategy, views), paper in PAPER_STRATEGY.items():
     cells = []
     for i, setting in enumerate((("cifar10", 1), ("cifar10", 10), ("cifar100", 1))):
-      c = collect(results, "datm_clr", setting, clr=(strategy, views))
+      c = collect(results, "datm_clr", setting, clr=(strategy, views, ""))
       cells += ["not run" if c is None else f"{c['mean']:.2f}", f"{paper[i]:.2f}"]
     lines.append(f"| {strategy} | {views} | " + " | ".join(cells) + " |")
   lines += ["", "## Runs read", "",
@@ -196,7 +223,8 @@ def build_report(results: list[dict]) -> str:
     accs = "; ".join(f"{name} {run_summary(r.get(key, {}))}"
                      for key, name in (("distilled", "distilled"), ("random_real", "random real"))
                      if r.get(key))
-    lines.append(f"- `{r['_path']}`: {r['method']}, {setting_name(r['_setting'])}, "
+    method = clr_name(clr_key(r)) if clr_key(r) else METHOD_NAMES.get(r["method"], r["method"])
+    lines.append(f"- `{r['_path']}`: {method}, {setting_name(r['_setting'])}, "
                  f"{protocol_label(r)}, selection: {p.get('selection', 'unknown')}"
                  + (f"; {accs}" if accs else ""))
   if not results:

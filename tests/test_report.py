@@ -9,7 +9,7 @@ from datm_clr_jax import report
 
 
 def fake_result(method, mean, *, seed=0, width=32, source="image_folder:/x/cifar10-jpeg.zip",
-                strategy="fusion", views="multiple"):
+                strategy="fusion", views="multiple", **clr):
   runs = [mean - 1.0, mean, mean + 1.0]
   block = {"convnet": {"mean": mean, "std": 0.8, "runs": runs}}
   return {"dataset": source, "ipc": 1, "method": method, "distilled": block,
@@ -17,7 +17,7 @@ def fake_result(method, mean, *, seed=0, width=32, source="image_folder:/x/cifar
           "random_real": {"convnet": {"mean": 20.0 + seed, "std": 1.0, "runs": [20.0 + seed]}},
           "protocol": {"eval_epochs": 1000, "num_inner_steps": 20, "distill_iterations": 500,
                        "num_experts": 5, "model": {"width": width}, "num_classes": 10,
-                       "clr": {"strategy": strategy, "view_mode": views},
+                       "clr": {"strategy": strategy, "view_mode": views, **clr},
                        "selection": "final iteration (no test-set selection)"}}
 
 
@@ -42,7 +42,25 @@ def test_report_pools_runs_and_marks_missing(tmp_path):
   assert "| update | single | not run | 44.92 |" in text
   # datm0 shares clr0's evaluation seeds, hence its random-real subsets: counted once.
   assert "| CIFAR-10 IPC 1 | Random real | 20.50 +- 0.50 over 2 distillations (20.00, 21.00)" in text
-  assert "datm_clr, CIFAR-10 IPC 1" in text and "distilled 32.00 +- 0.80 (3 evals)" in text
+  assert "DATM-CLR, CIFAR-10 IPC 1" in text and "distilled 32.00 +- 0.80 (3 evals)" in text
+
+
+def test_report_keeps_clr_variants_apart(tmp_path):
+  write(tmp_path, "main", fake_result("datm_clr", 30.0, alpha=0.1, lam=0.5))  # lam unused
+  write(tmp_path, "upd", fake_result("datm_clr", 40.0, strategy="update", alpha=0.1, lam=0.1))
+  write(tmp_path, "small", fake_result("datm_clr", 50.0, alpha=0.01))
+  text = report.build_report(report.load_results([tmp_path]))
+  rows = [l for l in text.splitlines() if l.startswith("| CIFAR-10 IPC 1 | DATM-CLR")]
+  assert rows[0].startswith("| CIFAR-10 IPC 1 | DATM-CLR | 30.00 (3 evals) |")
+  assert rows[0].endswith("53.0 +- 0.4 |")
+  assert rows[1].startswith("| CIFAR-10 IPC 1 | DATM-CLR (fusion, multiple; alpha 0.01) | 50.00")
+  assert rows[2].startswith("| CIFAR-10 IPC 1 | DATM-CLR (update, multiple) | 40.00")
+  assert rows[1].endswith("| - |") and rows[2].endswith("| - |")  # no paper number beside
+  assert len(rows) == 3
+  # Table 3: Update with the paper's lam is its row; the alpha 0.01 run is in no Table 3 cell.
+  assert "| update | multiple | 40.00 | 46.72 |" in text
+  assert "| fusion | multiple | 30.00 | 53.00 |" in text
+  assert "| DATM-CLR | 30.00 | 53.00 |" in text  # Table 2 uses the main setting only
 
 
 def test_report_command_writes_markdown_and_figure(tmp_path):
