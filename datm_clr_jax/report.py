@@ -1,9 +1,11 @@
 """The reproduction report: our results beside the published numbers (SPEC §9).
 
 `--mode=report --report_dirs=DIR[,DIR...]` reads every results.json under those folders and
-writes report.md, report.png and runs/<workdir name>.json (a copy of each results.json read)
-into --workdir. Each of our numbers carries the protocol it came from (full or reduced, and
-what was reduced); a setting or method we have not run reads "not run". The paper's numbers
+writes report.md, report.png, runs/<workdir name>.json (a copy of each results.json read) and,
+where the workdirs hold their syn_set.npz, images_<setting>.png (the first synthetic image of
+each class, one row per run) into --workdir. Each of our numbers carries the protocol it came
+from (full or reduced, and what was reduced); a setting or method we have not run reads "not
+run". The paper's numbers
 are quoted as published, labelled "paper".
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datm_clr_jax import visualize
 from datm_clr_jax.visualize import plt
 
 # SPEC §9: the DATM-CLR paper's Table 1 (ConvNet, mean, std), Table 2 and Table 3.
@@ -108,6 +111,16 @@ def clr_name(key: tuple[str, str, str]) -> str:
   if key == MAIN_CLR:
     return METHOD_NAMES["datm_clr"]
   return f"DATM-CLR ({key[0]}, {key[1]}" + (f"; {key[2]})" if key[2] else ")")
+
+
+def method_name(r: dict) -> str:
+  """'DATM', or 'DATM-CLR' with its variant (clr_name) for a contrastive run."""
+  return clr_name(clr_key(r)) if clr_key(r) else METHOD_NAMES.get(r["method"], r["method"])
+
+
+def run_name(r: dict) -> str:
+  """'DATM-CLR, datm_clr_seed0': the method and the workdir name."""
+  return f"{method_name(r)}, {Path(r['_path']).parent.name}"
 
 
 def collect(results: list[dict], method: str, setting, arch: str = "convnet",
@@ -223,8 +236,7 @@ def build_report(results: list[dict]) -> str:
     accs = "; ".join(f"{name} {run_summary(r.get(key, {}))}"
                      for key, name in (("distilled", "distilled"), ("random_real", "random real"))
                      if r.get(key))
-    method = clr_name(clr_key(r)) if clr_key(r) else METHOD_NAMES.get(r["method"], r["method"])
-    lines.append(f"- `{r['_path']}`: {method}, {setting_name(r['_setting'])}, "
+    lines.append(f"- `{r['_path']}`: {method_name(r)}, {setting_name(r['_setting'])}, "
                  f"{protocol_label(r)}, selection: {p.get('selection', 'unknown')}"
                  + (f"; {accs}" if accs else ""))
   if not results:
@@ -254,6 +266,27 @@ def plot(results: list[dict], path) -> None:
   plt.close(fig)
 
 
+def save_images(results: list[dict], out_dir, max_classes: int = 10, max_rows: int = 24) -> list:
+  """One PNG per setting: the first synthetic image of each class (up to max_classes), a row per
+  run whose workdir has syn_set.npz. Returns the paths written."""
+  written = []
+  for setting in all_settings(results):
+    rows, names, classes = [], [], []
+    for r in results:
+      npz = Path(r["_path"]).parent / "syn_set.npz"
+      if r["_setting"] != setting or r.get("method") == "random_real" or not npz.exists():
+        continue
+      with np.load(npz) as z:
+        rows.append(z["syn_images_pixels"][::r["ipc"]][:max_classes])
+        classes = [str(c) for c in z["class_names"][:max_classes]]
+      names.append(run_name(r))
+    if rows:
+      path = Path(out_dir) / f"images_{setting[0]}_ipc{setting[1]}.png"
+      visualize.save_rows(rows[:max_rows], names[:max_rows], classes, path)
+      written.append(path)
+  return written
+
+
 def write_report(dirs, out_dir) -> Path:
   """Reads results under `dirs`, writes out_dir/report.md and out_dir/report.png."""
   out = Path(out_dir)
@@ -262,7 +295,13 @@ def write_report(dirs, out_dir) -> Path:
   if missing:
     raise FileNotFoundError(f"report: no such folder(s) {missing}")
   results = load_results(dirs)
-  (out / "report.md").write_text(build_report(results))
+  images = save_images(results, out)
+  text = build_report(results)
+  if images:
+    text += ("\n## Distilled images\n\nThe first synthetic image of each class, one row per run "
+             "(pixel space, clipped to [0, 1]).\n\n"
+             + "".join(f"![{p.stem}]({p.name})\n" for p in images))
+  (out / "report.md").write_text(text)
   plot(results, out / "report.png")
   # A copy of every results.json read, so the report folder can be committed on its own.
   runs = out / "runs"

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from conftest import ROOT
 from datm_clr_jax import report
 
@@ -65,11 +67,16 @@ def test_report_keeps_clr_variants_apart(tmp_path):
 
 def test_report_command_writes_markdown_and_figure(tmp_path):
   write(tmp_path / "runs", "a", fake_result("datm_clr", 30.0))
+  np.savez(tmp_path / "runs" / "a" / "syn_set.npz", syn_images_pixels=np.ones((10, 8, 8, 3)),
+           class_names=np.array([f"c{i}" for i in range(10)]))
   out = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
                         f"--report_dirs={tmp_path / 'runs'}", f"--workdir={tmp_path / 'rep'}"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert (tmp_path / "rep" / "report.md").exists() and (tmp_path / "rep" / "report.png").exists()
+  assert (tmp_path / "rep" / "images_cifar10_ipc1.png").exists()
+  text = (tmp_path / "rep" / "report.md").read_text()
+  assert "![images_cifar10_ipc1](images_cifar10_ipc1.png)" in text
   assert (json.loads((tmp_path / "rep" / "runs" / "a.json").read_text())["distilled"]
           == fake_result("datm_clr", 30.0)["distilled"])
   bad = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
