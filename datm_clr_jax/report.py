@@ -5,8 +5,7 @@ writes report.md, report.png, runs/<workdir name>.json (a copy of each results.j
 where the workdirs hold their syn_set.npz, images_<setting>.png (the first synthetic image of
 each class, one row per run) into --workdir. Each of our numbers carries the protocol it came
 from (full or reduced, and what was reduced); a setting or method we have not run reads "not
-run". The paper's numbers
-are quoted as published, labelled "paper".
+run". The paper's numbers are quoted as published, labelled "paper".
 """
 
 from __future__ import annotations
