@@ -101,6 +101,7 @@ def get_config():
   config.eval.batch_size = 128  # Minibatch (DATM: 128).
   config.eval.momentum = 0.9
   config.eval.weight_decay = 5e-4
+  config.eval.seed_loop = "auto"  # vmap | map (seeds in turn) | auto: map on one CPU device.
   config.eval.random_real = True  # Also evaluate random real images (same IPC, hard labels).
   config.eval.random_real_lr = 0.01  # Learning rate of the random-real baseline.
   config.eval.synset = ""  # Evaluate this set instead: export/syn_set.npz or a reference folder.

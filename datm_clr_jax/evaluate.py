@@ -5,8 +5,10 @@ momentum 0.9 and weight decay 5e-4 (PyTorch-style, added to the gradient), learn
 learned syn_lr for the first `epochs // 2 + 1` epochs and a tenth of it (with fresh momentum,
 as the reference re-creates its optimiser) for the remaining `epochs - epochs // 2`, so
 `epochs + 1` epochs in all like the reference loop. Every minibatch is augmented with DSA and
-the loss is cross-entropy against the label distribution. The seeds train together under
-`jax.vmap`, so evaluating 5 seeds costs about one compiled run.
+the loss is cross-entropy against the label distribution. All seeds train in one compiled
+function: under `jax.vmap` (seed_loop 'vmap', the default off CPU and across devices) or one
+after another under `lax.map` ('map', the default on one CPU device, where batching the seeds'
+convolutions made training slower than running them in turn: launch/results/eval_seed_loop.md).
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ class EvalConfig:
   weight_decay: float = 5e-4
   strategy: str = augment.DEFAULT_STRATEGY
   dsa_mode: str = "single"
+  seed_loop: str = "auto"  # 'vmap' | 'map' | 'auto' (resolve_seed_loop)
+
+
+SEED_LOOPS = ("auto", "vmap", "map")
+
+
+def resolve_seed_loop(seed_loop: str, num_devices: int = 1) -> str:
+  """'auto' -> 'map' on a single CPU device, else 'vmap' (seeds sharded over devices need it)."""
+  if seed_loop not in SEED_LOOPS:
+    raise ValueError(f"eval seed_loop must be one of {SEED_LOOPS}, got {seed_loop!r}")
+  if seed_loop == "auto":
+    return "map" if jax.default_backend() == "cpu" and num_devices == 1 else "vmap"
+  return seed_loop
 
 
 def _loss_fn(network: Network, variables, x, y, w):
@@ -101,7 +116,15 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
     return run_phase(variables, k2, lr * 0.1, cfg.epochs - cfg.epochs // 2)
 
   data_axis = 0 if per_seed_data else None
-  return jax.jit(jax.vmap(train_one, in_axes=(0, data_axis, data_axis, None)))
+  if resolve_seed_loop(cfg.seed_loop) == "vmap":
+    return jax.jit(jax.vmap(train_one, in_axes=(0, data_axis, data_axis, None)))
+
+  def train_in_turn(keys, x, y, lr):
+    if per_seed_data:
+      return jax.lax.map(lambda a: train_one(*a, lr), (keys, x, y))
+    return jax.lax.map(lambda k: train_one(k, x, y, lr), keys)
+
+  return jax.jit(train_in_turn)
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,6 +167,8 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
                      f"{tuple(x_test.shape[1:])}; they come from different datasets")
   if not np.isfinite(lr) or lr <= 0:
     raise ValueError(f"evaluation learning rate must be positive and finite, got {lr}")
+  num_devices = 1 if mesh is None else mesh.size
+  cfg = dataclasses.replace(cfg, seed_loop=resolve_seed_loop(cfg.seed_loop, num_devices))
   train = make_trainer(network, cfg, syn_images.shape[-4], tuple(syn_images.shape[-3:]),
                        per_seed)
   keys = sharding.shard_leading(jnp.stack([jax.random.PRNGKey(s) for s in seeds]), mesh)

@@ -50,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for arch in config.eval.archs:
     _choice(arch, ARCHS, "eval.archs")
   _choice(config.dsa.mode, augment.MODES, "dsa.mode")
+  _choice(config.eval.seed_loop, evaluate.SEED_LOOPS, "eval.seed_loop")
   _choice(c.view_mode, augment.MODES, "clr.view_mode")
   _choice(c.strategy, ("fusion", "update", "none"), "clr.strategy")
   _choice(c.loss, losses.CONTRASTIVE_KINDS, "clr.loss")
@@ -333,7 +334,8 @@ class Run:
     d, e = self.config.distill, self.config.eval
     cfg = evaluate.EvalConfig(epochs=d.select_epochs, batch_size=e.batch_size,
                               momentum=e.momentum, weight_decay=e.weight_decay,
-                              strategy=self.config.dsa.strategy, dsa_mode=self.config.dsa.mode)
+                              strategy=self.config.dsa.strategy, dsa_mode=self.config.dsa.mode,
+                              seed_loop=e.seed_loop)
     seeds = [20_000 + 100 * self.config.seed + i for i in range(2)]
 
     def select(done, state):
@@ -458,7 +460,7 @@ class Run:
     p = self.prepared
     cfg = evaluate.EvalConfig(epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
                               weight_decay=e.weight_decay, strategy=self.config.dsa.strategy,
-                              dsa_mode=self.config.dsa.mode)
+                              dsa_mode=self.config.dsa.mode, seed_loop=e.seed_loop)
     seeds = [10_000 + 100 * self.config.seed + i for i in range(e.num_eval)]
     probs = jax.nn.softmax(syn_labels, axis=-1)
     method = "datm_clr" if self._step_setup()[1].contrast_on else "datm"

@@ -17,8 +17,10 @@ Sections (each prints a markdown table; --out also writes them to a file):
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
   experts  expert-training throughput (images/s) with K experts trained at once under vmap,
            against PyTorch training the same K one after another (no DSA in either).
-  eval     evaluation throughput: S seeds trained on the synthetic set at once (JAX, vmap)
-           against S sequential PyTorch runs (SGD momentum + weight decay, no DSA in either).
+  eval     evaluation throughput: S seeds trained on the synthetic set in one compiled call
+           (JAX, seeds under vmap or in turn under lax.map: --eval_loops) against S
+           sequential PyTorch runs (SGD momentum + weight decay, no DSA in either;
+           --eval_dsa adds DSA to the JAX runs and drops PyTorch).
 
 Times are medians of --repeats calls after a warm-up call; "compile" is lowering plus XLA
 compilation of the jitted function. Ratios are PyTorch time / JAX time (> 1: JAX is faster).
@@ -27,6 +29,7 @@ compilation of the jitted function. Ratios are PyTorch time / JAX time (> 1: JAX
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -338,15 +341,15 @@ def section_eval(a, tb):
   x = rng.standard_normal((n, *shape)).astype(np.float32)
   labels = np.repeat(np.arange(10), a.eval_ipc)
   y = np.eye(10, dtype=np.float32)[labels]
-  cfg = evaluate.EvalConfig(epochs=a.eval_epochs, strategy="", dsa_mode="none")
-  trainer = evaluate.make_trainer(net, cfg, n, shape)
+  cfg = evaluate.EvalConfig(epochs=a.eval_epochs, strategy=a.eval_dsa,
+                            dsa_mode="single" if a.eval_dsa else "none")
   steps_per_epoch = -(-n // cfg.batch_size)
   # The JAX loop runs epochs + 1 epochs (the reference's range(epochs + 1)).
   total_steps = steps_per_epoch * (a.eval_epochs + 1)
   flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
   rows = []
   t_torch1 = None
-  if tb:
+  if tb and not a.eval_dsa:  # the PyTorch loop has no DSA
     xt = tb.torch.tensor(x.transpose(0, 3, 1, 2), device=tb.device)
     yt = tb.torch.tensor(labels.astype(np.int64), device=tb.device)
     t_torch1 = median_time(lambda: torch_train(
@@ -355,15 +358,18 @@ def section_eval(a, tb):
   for s in a.eval_seeds:
     keys = jax.random.split(jax.random.PRNGKey(0), s)
     args = (keys, jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01))
-    t0 = time.perf_counter()
-    compiled = trainer.lower(*args).compile()
-    c = time.perf_counter() - t0
-    t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
-    tt = None if t_torch1 is None else s * t_torch1
-    rows.append([s, n, a.eval_epochs, f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
-    print("[eval]", rows[-1], flush=True)
-  return table(["seeds", "images", "epochs", "JAX compile", "JAX time", "PyTorch time "
-                "(sequential)", "PyTorch/JAX"], rows)
+    for loop in a.eval_loops:
+      trainer = evaluate.make_trainer(net, dataclasses.replace(cfg, seed_loop=loop), n, shape)
+      t0 = time.perf_counter()
+      compiled = trainer.lower(*args).compile()
+      c = time.perf_counter() - t0
+      t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
+      tt = None if t_torch1 is None else s * t_torch1
+      rows.append([s, loop, n, a.eval_epochs, a.width, f"{c:.1f} s", fmt_s(t), fmt_s(tt),
+                   ratio(tt, t)])
+      print("[eval]", rows[-1], flush=True)
+  return table(["seeds", "seed loop", "images", "epochs", "width", "JAX compile", "JAX time",
+                "PyTorch time (sequential)", "PyTorch/JAX"], rows)
 
 
 SECTIONS = {"distill": section_distill, "memory": section_memory, "unroll": section_unroll,
@@ -397,6 +403,10 @@ def main(argv=None):
   p.add_argument("--eval_ipc", type=int, default=10)
   p.add_argument("--eval_epochs", type=int, default=50)
   p.add_argument("--eval_seeds", type=ints, default=[1, 5])
+  p.add_argument("--eval_loops", type=csv, default=["auto"],
+                 help="evaluation seed loops to time: auto, vmap, map (evaluate.SEED_LOOPS)")
+  p.add_argument("--eval_dsa", default="",
+                 help="DSA strategy for the evaluation section ('' = none, as PyTorch's loop)")
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--size", type=int, default=32)
   p.add_argument("--repeats", type=int, default=3)

@@ -1,5 +1,7 @@
 """The evaluation protocol: learning on a synthetic set, BN networks, per-seed data."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -40,6 +42,28 @@ def test_a_set_smaller_than_a_batch_is_one_batch_of_its_own_size():
   out = [evaluate.make_trainer(net, evaluate.EvalConfig(epochs=1, batch_size=b, strategy="flip"),
                                len(x), (8, 8, 3))(keys, x, probs, 0.01) for b in (6, 128)]
   jax.tree_util.tree_map(np.testing.assert_array_equal, *out)
+
+
+@pytest.mark.parametrize("per_seed_data", [False, True])
+def test_seeds_in_turn_match_seeds_under_vmap(per_seed_data):
+  x, y = _blobs(2)
+  probs = np.eye(3, dtype=np.float32)[y]
+  if per_seed_data:  # a different set per seed (random real draws one subset per seed)
+    x, probs = np.stack([x, x[::-1]]), np.stack([probs, probs[::-1]])
+  net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1)
+  keys = jax.numpy.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
+  out = {loop: evaluate.make_trainer(net, dataclasses.replace(CFG, epochs=3, seed_loop=loop),
+                                     6, (8, 8, 3), per_seed_data)(keys, x, probs, 0.01)
+         for loop in ("vmap", "map")}
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         out["vmap"], out["map"])
+  leaves = jax.tree_util.tree_leaves(out["map"])
+  assert not np.allclose(leaves[0][0], leaves[0][1])  # the seeds did train differently
+  on_cpu = jax.default_backend() == "cpu"
+  assert evaluate.resolve_seed_loop("auto") == ("map" if on_cpu else "vmap")
+  assert evaluate.resolve_seed_loop("auto", num_devices=4) == "vmap"
+  with pytest.raises(ValueError, match="seed_loop"):
+    evaluate.resolve_seed_loop("pmap")
 
 
 def test_batch_norm_network_evaluates_with_running_statistics():
