@@ -287,7 +287,7 @@ def save_images(results: list[dict], out_dir, max_classes: int = 10, max_rows: i
 
 
 def write_report(dirs, out_dir) -> Path:
-  """Reads results under `dirs`, writes out_dir/report.md and out_dir/report.png."""
+  """Reads results under `dirs`; writes report.md, report.png, images_*.png and runs/ there."""
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   missing = [d for d in dirs if not Path(d).exists()]
