@@ -186,20 +186,24 @@ def all_settings(results: list[dict]) -> list:
 
 
 def cell(results: list[dict], notes: list[str], **kw) -> str:
-  """Our mean for one cell of Table 2 or 3, per protocol ('46.20 [1]'), never pooled across
-  protocols; notes collects the protocol of each footnote number."""
+  """Our mean for one cell of Table 2 or 3, per protocol ('46.20 x3 [1]': the mean over 3
+  distillation runs, protocol footnote 1), never pooled across protocols; notes collects the
+  protocol of each footnote number."""
   parts = []
   for proto in sorted({protocol_label(r) for r in results}):
     c = collect(results, protocol=proto, **kw)
     if c is not None:
       if proto not in notes:
         notes.append(proto)
-      parts.append(f"{c['mean']:.2f} [{notes.index(proto) + 1}]")
+      parts.append(f"{c['mean']:.2f} x{len(c['per_run'])} [{notes.index(proto) + 1}]")
   return " / ".join(parts) or "not run"
 
 
 def footnotes(notes: list[str]) -> list[str]:
-  return ["", *(f"[{i + 1}] {proto}" for i, proto in enumerate(notes))] if notes else []
+  if not notes:
+    return []
+  return ["", "xN: the mean over N distillation runs; [k]: the protocol of those runs.", "",
+          *(f"[{i + 1}] {proto}  " for i, proto in enumerate(notes))]
 
 
 def build_report(results: list[dict]) -> str:

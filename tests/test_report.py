@@ -39,8 +39,8 @@ def test_report_pools_runs_and_marks_missing(tmp_path):
   assert row.endswith("53.0 +- 0.4 |")  # the paper's number, quoted
   assert "| CIFAR-100 IPC 1 | DATM-CLR | not run | - | 28.7 +- 0.2 |" in text
   # Table 2: only the ConvNet column has numbers; Table 3: only Fusion/multiple at C10 IPC1.
-  assert "| DATM-CLR | 31.00 [1] | 53.00 | not run | 49.36 |" in text
-  assert "| fusion | multiple | 31.00 [1] | 53.00 | not run | 70.23 |" in text
+  assert "| DATM-CLR | 31.00 x2 [1] | 53.00 | not run | 49.36 |" in text
+  assert "| fusion | multiple | 31.00 x2 [1] | 53.00 | not run | 70.23 |" in text
   assert "[1] reduced: width 32, 5 experts, 500 iterations, JPEG CIFAR copy; N=20" in text
   assert "| update | single | not run | 44.92 |" in text
   # datm0 shares clr0's evaluation seeds, hence its random-real subsets: counted once.
@@ -61,17 +61,17 @@ def test_report_keeps_clr_variants_apart(tmp_path):
   assert rows[1].endswith("| - |") and rows[2].endswith("| - |")  # no paper number beside
   assert len(rows) == 3
   # Table 3: Update with the paper's lam is its row; the alpha 0.01 run is in no Table 3 cell.
-  assert "| update | multiple | 40.00 [1] | 46.72 |" in text
-  assert "| fusion | multiple | 30.00 [1] | 53.00 |" in text
-  assert "| DATM-CLR | 30.00 [1] | 53.00 |" in text  # Table 2 uses the main setting only
+  assert "| update | multiple | 40.00 x1 [1] | 46.72 |" in text
+  assert "| fusion | multiple | 30.00 x1 [1] | 53.00 |" in text
+  assert "| DATM-CLR | 30.00 x1 [1] | 53.00 |" in text  # Table 2 uses the main setting only
 
 
 def test_tables_2_and_3_keep_protocols_apart(tmp_path):
   write(tmp_path, "small", fake_result("datm_clr", 30.0, width=32))
   write(tmp_path, "wide", fake_result("datm_clr", 50.0, width=128))
   text = report.build_report(report.load_results([tmp_path]))
-  assert "| DATM-CLR | 50.00 [1] / 30.00 [2] | 53.00 |" in text  # not pooled into 40.00
-  assert "| fusion | multiple | 50.00 [1] / 30.00 [2] | 53.00 |" in text
+  assert "| DATM-CLR | 50.00 x1 [1] / 30.00 x1 [2] | 53.00 |" in text  # not pooled into 40.00
+  assert "| fusion | multiple | 50.00 x1 [1] / 30.00 x1 [2] | 53.00 |" in text
   assert "[1] reduced: 5 experts, 500 iterations, JPEG CIFAR copy; N=20" in text
   assert "[2] reduced: width 32, 5 experts" in text
 
