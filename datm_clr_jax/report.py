@@ -301,8 +301,11 @@ def save_images(results: list[dict], out_dir, max_classes: int = 10, max_rows: i
       if r["_setting"] != setting or r.get("method") == "random_real" or not npz.exists():
         continue
       with np.load(npz) as z:
+        if "syn_images_pixels" not in z.files:  # not a set this package wrote
+          continue
         rows.append(z["syn_images_pixels"][::r["ipc"]][:max_classes])
-        classes = [str(c) for c in z["class_names"][:max_classes]]
+        if "class_names" in z.files:
+          classes = [str(c) for c in z["class_names"][:max_classes]]
       names.append(run_name(r))
     if rows:
       path = Path(out_dir) / f"images_{setting[0]}_ipc{setting[1]}.png"

@@ -80,6 +80,8 @@ def test_report_command_writes_markdown_and_figure(tmp_path):
   write(tmp_path / "runs", "a", fake_result("datm_clr", 30.0))
   np.savez(tmp_path / "runs" / "a" / "syn_set.npz", syn_images_pixels=np.ones((10, 8, 8, 3)),
            class_names=np.array([f"c{i}" for i in range(10)]))
+  write(tmp_path / "runs", "b", fake_result("datm", 28.0))
+  np.savez(tmp_path / "runs" / "b" / "syn_set.npz", other=np.ones(3))  # not ours: no picture row
   out = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
                         f"--report_dirs={tmp_path / 'runs'}", f"--workdir={tmp_path / 'rep'}"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
