@@ -114,7 +114,8 @@ def clr_name(key: tuple[str, str, str]) -> str:
 
 def method_name(r: dict) -> str:
   """'DATM', or 'DATM-CLR' with its variant (clr_name) for a contrastive run."""
-  return clr_name(clr_key(r)) if clr_key(r) else METHOD_NAMES.get(r["method"], r["method"])
+  key = clr_key(r)
+  return clr_name(key) if key else METHOD_NAMES.get(r["method"], r["method"])
 
 
 def run_name(r: dict) -> str:

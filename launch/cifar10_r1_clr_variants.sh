@@ -4,7 +4,8 @@
 # and data cache of launch/cifar10_r1.sh (run that first). Random real is not re-evaluated: the
 # same evaluation seeds give the same random-real subsets as in checkpoints/cifar10_r1/*_seed0.
 # Resumable like cifar10_r1.sh. Report:
-#   python -m datm_clr_jax --mode=report --report_dirs=checkpoints/cifar10_r1,checkpoints/cifar10_r1_variants \
+#   python -m datm_clr_jax --mode=report \
+#     --report_dirs=checkpoints/cifar10_r1,checkpoints/cifar10_r1_variants \
 #     --workdir=launch/results/cifar10_r1
 set -euo pipefail
 cd "$(dirname "$0")/.."
