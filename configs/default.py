@@ -28,7 +28,7 @@ def get_config():
   config.model.width = 128  # Channels of every conv layer.
   config.model.depth = 3  # Conv blocks; 3 for 32 px, 4 for 64 px.
   config.model.norm = "instance"  # instance | none for distillation; batch for evaluation only.
-  config.model.conv_impl = "auto"  # auto (im2col on CPU, XLA conv elsewhere) | xla | im2col.
+  config.model.conv_impl = "auto"  # auto (hybrid on CPU, else xla) | xla | im2col | hybrid.
 
   config.dsa = ml_collections.ConfigDict()
   config.dsa.strategy = "color_crop_cutout_flip_scale_rotate"  # DSA op families.

@@ -289,6 +289,7 @@ def start_epoch_upper(it: int, *, max_start_epoch: int, sequential: bool,
 def expert_logits(network: Network, final_params: np.ndarray, x: np.ndarray,
                   chunk: int = 1000) -> np.ndarray:
   """Logits of each expert on x: final_params (K, P), x (M,H,W,C) -> (K, M, C)."""
+  network = network.for_vmap()
   fwd = jax.jit(jax.vmap(lambda p, xb: network.apply_flat(p, xb)[0], in_axes=(0, None)))
   return np.concatenate([np.asarray(fwd(final_params, x[i:i + chunk]))
                          for i in range(0, len(x), chunk)], axis=1)

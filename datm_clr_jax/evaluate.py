@@ -72,6 +72,9 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
   batch = min(cfg.batch_size, num_syn)
   steps = -(-num_syn // batch)
   pad = steps * batch
+  vmapped = resolve_seed_loop(cfg.seed_loop) == "vmap"
+  if vmapped:
+    network = network.for_vmap()
 
   def train_one(key, x, y, lr):
     k_init, k_run = jax.random.split(key)
@@ -116,7 +119,7 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
     return run_phase(variables, k2, lr * 0.1, cfg.epochs - cfg.epochs // 2)
 
   data_axis = 0 if per_seed_data else None
-  if resolve_seed_loop(cfg.seed_loop) == "vmap":
+  if vmapped:
     return jax.jit(jax.vmap(train_one, in_axes=(0, data_axis, data_axis, None)))
 
   def train_in_turn(keys, x, y, lr):
@@ -130,6 +133,7 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
 @functools.lru_cache(maxsize=16)
 def make_tester(network: Network, chunk: int = 1000):
   """Returns test(variables (S,...), x (M,H,W,C), y (M,)) -> accuracy (S,) in [0, 1]."""
+  network = network.for_vmap()
 
   @jax.jit
   def correct(variables, xb, yb):

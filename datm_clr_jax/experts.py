@@ -69,6 +69,7 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
   batch is dropped, so every step sees `batch_size` images. `gsam` None is plain SGD (MTT);
   a GSAM config trains as FTD/DATM do (one augmented batch serves both GSAM passes).
   """
+  network = network.for_vmap()
   steps = num_train // batch_size
   if steps == 0:
     raise ValueError(f"expert batch_size {batch_size} exceeds the {num_train} training images")

@@ -16,6 +16,7 @@ ravel/unravel pair so the rest of the code can treat parameters as a 1-D array o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -46,37 +47,122 @@ def _torch_bias(fan_in: int) -> Callable:
   return init
 
 
-CONV_IMPLS = ("auto", "xla", "im2col")
+CONV_IMPLS = ("auto", "xla", "im2col", "hybrid")
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """'auto' -> 'im2col' on CPU, 'xla' elsewhere.
+  """'auto' -> 'hybrid' on CPU, 'xla' elsewhere.
 
-  XLA:CPU runs the weight-gradient convolution ~30x slower inside a while loop (lax.scan,
-  fori_loop) than outside it; trajectory matching differentiates convolutions inside scans
-  everywhere. As shifted slices + one matmul, the same convolution differentiates at matmul
-  speed in or out of loops (benchmarked in launch/benchmark_conv.py).
+  'xla': XLA's convolution, differentiated by JAX. On XLA:CPU its weight-gradient
+  convolution runs ~30x slower inside a while loop (lax.scan, fori_loop) than outside it, and
+  trajectory matching differentiates convolutions inside scans everywhere.
+  'im2col': shifted slices + one matmul, differentiated by JAX; matmul speed in or out of
+  loops, but the patch copies and their adjoints cost memory traffic.
+  'hybrid': XLA's convolution for the forward pass and the input gradient, an im2col matmul
+  for the weight gradient, tied together by custom derivative rules that hold to any order
+  (`_conv_s1`). Measured in launch/benchmark_conv.py and launch/benchmark.py.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
   if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return "hybrid" if jax.default_backend() == "cpu" else "xla"
   return impl
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, padding: int, stride: int = 1) -> jax.Array:
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride), padding=[(padding, padding)] * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patches(x: jax.Array, kh: int, kw: int, padding: int, stride: int = 1) -> jax.Array:
+  """(B,H,W,C) -> (B,H',W',kh*kw*C): every kh x kw window, ordered (i, j, c)."""
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  return jnp.concatenate(
+      [xp[:, i:i + h:stride, j:j + w:stride, :] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _im2col(x: jax.Array, kernel: jax.Array, padding: int, stride: int = 1) -> jax.Array:
+  kh, kw, cin, cout = kernel.shape
+  return _patches(x, kh, kw, padding, stride) @ kernel.reshape(kh * kw * cin, cout)
+
+
+# With fewer input channels than this, the input gradient is dy @ W^T folded back onto the
+# image: as a convolution it would produce only Cin channels from a kh*kw*Cout-wide input.
+_FOLD_BELOW_CIN = 16
+
+
+def _input_grad(dy: jax.Array, kernel: jax.Array, padding: int, x_shape) -> jax.Array:
+  """d<conv(x, kernel), dy>/dx at stride 1: dy (B,H',W',Cout) -> (B,H,W,Cin).
+
+  The adjoint of a stride-1 convolution is a convolution of dy, padded by k - 1 - padding,
+  with the kernel flipped in space and its channel axes swapped.
+  """
+  kh, kw, cin, _ = kernel.shape
+  if cin < _FOLD_BELOW_CIN:
+    fold = jax.linear_transpose(lambda x: _patches(x, kh, kw, padding),
+                                jax.ShapeDtypeStruct(x_shape, dy.dtype))
+    return fold(dy @ kernel.reshape(kh * kw * cin, -1).T)[0]
+  return _conv_s1(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), kh - 1 - padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _kernel_grad(x: jax.Array, dy: jax.Array, padding: int, kh: int, kw: int) -> jax.Array:
+  """d<conv(x, kernel), dy>/dkernel at stride 1: -> (kh,kw,Cin,Cout), as one im2col matmul."""
+  g = jnp.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, padding), dy)
+  return g.reshape(kh, kw, x.shape[-1], dy.shape[-1])
+
+
+def _kernel_grad_fwd(x, dy, padding, kh, kw):
+  return _kernel_grad(x, dy, padding, kh, kw), (x, dy)
+
+
+def _kernel_grad_bwd(padding, kh, kw, res, ct):
+  del kh, kw
+  # Bilinear in (x, dy): in dy its derivative is the convolution of x with ct, in x the input
+  # gradient of that same convolution.
+  x, dy = res
+  return _input_grad(dy, ct, padding, x.shape), _conv_s1(x, ct, padding)
+
+
+_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_s1(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """Stride-1 convolution whose derivatives are again `_conv_s1` and `_kernel_grad`.
+
+  So every derivative, of any order (trajectory matching differentiates the student's
+  gradient), is either an XLA forward convolution or the im2col weight-gradient matmul, and
+  XLA:CPU's slow weight-gradient convolution never appears.
+  """
+  return _xla_conv(x, kernel, padding)
+
+
+def _conv_s1_fwd(x, kernel, padding):
+  return _conv_s1(x, kernel, padding), (x, kernel)
+
+
+def _conv_s1_bwd(padding, res, dy):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  return _input_grad(dy, kernel, padding, x.shape), _kernel_grad(x, dy, padding, kh, kw)
+
+
+_conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, padding: int, impl: str,
            stride: int = 1) -> jax.Array:
   """Convolution, x (B,H,W,Cin), kernel (kh,kw,Cin,Cout) -> (B,H',W',Cout)."""
-  if resolve_conv_impl(impl) == "xla":
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(stride, stride), padding=[(padding, padding)] * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  kh, kw, cin, cout = kernel.shape
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-  patches = jnp.concatenate(
-      [xp[:, i:i + h:stride, j:j + w:stride, :] for i in range(kh) for j in range(kw)], axis=-1)
-  return patches @ kernel.reshape(kh * kw * cin, cout)
+  impl = resolve_conv_impl(impl)
+  if impl == "xla":
+    return _xla_conv(x, kernel, padding, stride)
+  if impl == "hybrid" and stride == 1:
+    return _conv_s1(x, kernel, padding)
+  # Strided convolutions (ResNet's downsampling) keep the plain im2col form under 'hybrid'.
+  return _im2col(x, kernel, padding, stride)
 
 
 class TorchConv(nn.Module):
@@ -114,10 +200,44 @@ class TorchDense(nn.Module):
     return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
+class InstanceNorm(nn.Module):
+  """Per-sample, per-channel normalisation over H and W with a learned scale and bias.
+
+  The numbers of Flax's GroupNorm(num_groups=C) (and PyTorch's GroupNorm(C, C)), reduced over
+  the (B,H,W,C) array's axes 1 and 2 directly: GroupNorm reduces a reshaped (B,H,W,C,1)
+  array over (1,2,4), and XLA:CPU runs that reduction (and its gradients) several times
+  slower.
+  """
+
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    # float32 like every other parameter (and Flax's GroupNorm): ravel_pytree's unravel casts
+    # a flat vector back to each leaf's dtype once the leaves' dtypes differ.
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    # E[x^2] - E[x]^2, clipped at 0, as Flax computes it.
+    var = jnp.maximum(jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True) - jnp.square(mean), 0)
+    return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+  """2x2 average pooling, stride 2: (B,H,W,C) -> (B,H/2,W/2,C), H and W even.
+
+  As a reshape and mean rather than a reduce-window: the gradient is then a broadcast, where
+  XLA:CPU would run a padded reduce-window over the whole input.
+  """
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
 def make_norm(norm: str, train: bool):
-  """Returns a callable norm layer. 'instance' is GroupNorm with one group per channel."""
+  """Returns a callable norm layer: instance norm, batch norm or the identity."""
   if norm == "instance":
-    return lambda x: nn.GroupNorm(num_groups=x.shape[-1], epsilon=1e-5)(x)
+    return lambda x: InstanceNorm()(x)
   if norm == "batch":
     # PyTorch's BN momentum 0.1 is Flax's 0.9.
     return lambda x: nn.BatchNorm(use_running_average=not train, momentum=0.9,
@@ -142,7 +262,7 @@ class ConvNet(nn.Module):
       x = TorchConv(self.width, conv_impl=self.conv_impl)(x)
       x = make_norm(self.norm, train)(x)
       x = nn.relu(x)
-      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+      x = avg_pool2(x)
     features = _nchw_flatten(x)
     return TorchDense(self.num_classes)(features), features
 
@@ -273,6 +393,17 @@ class Network:
   unravel: Callable[[jax.Array], Any]
   num_params: int
   stateful: bool
+
+  def for_vmap(self) -> Network:
+    """This network for parameter sets trained side by side under jax.vmap; same numbers.
+
+    Batched over kernels, the hybrid convolution's XLA convolutions become grouped
+    convolutions, which XLA:CPU runs far slower than im2col's batched matmuls (the experts
+    section of launch/results/benchmark_cpu.md), so vmapped networks use im2col.
+    """
+    if getattr(self.module, "conv_impl", None) != "hybrid":
+      return self
+    return dataclasses.replace(self, module=self.module.clone(conv_impl="im2col"))
 
   def init_flat(self, key: jax.Array, image_shape: tuple[int, int, int]) -> jax.Array:
     """Fresh PyTorch-style parameters, flat, shape (num_params,)."""

@@ -48,8 +48,8 @@ def _convnet_layout(network: Network) -> list[tuple[str, str]]:
   order = []
   for i, conv in enumerate(convs):
     order += [(conv, "kernel"), (conv, "bias")]
-    if f"GroupNorm_{i}" in tree:
-      order += [(f"GroupNorm_{i}", "scale"), (f"GroupNorm_{i}", "bias")]
+    if f"InstanceNorm_{i}" in tree:
+      order += [(f"InstanceNorm_{i}", "scale"), (f"InstanceNorm_{i}", "bias")]
   order += [("TorchDense_0", "kernel"), ("TorchDense_0", "bias")]
   if sorted({m for m, _ in order}) != sorted(tree):
     raise TorchIOError(f"only the ConvNet has a PyTorch layout here; got modules {sorted(tree)}")

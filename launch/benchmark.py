@@ -12,6 +12,8 @@ Sections (each prints a markdown table; --out also writes them to a file):
            images, label logits and syn_lr, and the SGD-momentum updates; no DSA, no
            contrastive term (PyTorch: flat functional parameters, create_graph=True, as
            MTT/DATM do). "datm-clr" rows are the full JAX step (DSA + SupCon Fusion), JAX only.
+           --remat=1,0 times the JAX step with and without per-step rematerialisation (PyTorch
+           keeps every step's graph: it never recomputes, and uses memory linear in N).
   memory   peak memory of the compiled DATM-CLR step (XLA's memory analysis) for N = 20/40/80,
            with and without per-step rematerialisation.
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
@@ -225,26 +227,27 @@ def section_distill(a, tb):
   for spec in a.settings:
     name, classes, ipc, n_steps, batch_syn = setting(spec, a.quick)
     print(f"[distill] {name}: N={n_steps} batch_syn={batch_syn}", flush=True)
-    net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                          full=False, unroll=a.unroll, remat=a.remat,
-                                          conv_impl=a.conv_impl)
-    c, t, mem = jax_distill(step, args, a.repeats)
     tt = tmem = None
-    if tb:
-      tt, tmem = torch_distill(tb, net, traj, classes, ipc, n_steps, batch_syn, a.size,
-                               a.repeats)
-    rows.append([name, "matched", n_steps, batch_syn, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem),
-                 fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
-    print("  ", rows[-1], flush=True)
+    for remat in a.remat:
+      net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                            full=False, unroll=a.unroll, remat=bool(remat),
+                                            conv_impl=a.conv_impl)
+      c, t, mem = jax_distill(step, args, a.repeats)
+      if tb and tt is None:  # PyTorch keeps every step's graph: it has no remat to vary.
+        tt, tmem = torch_distill(tb, net, traj, classes, ipc, n_steps, batch_syn, a.size,
+                                 a.repeats)
+      rows.append([name, "matched", "on" if remat else "off", n_steps, batch_syn, f"{c:.1f} s",
+                   fmt_s(t), fmt_bytes(mem), fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
+      print("  ", rows[-1], flush=True)
     if not a.skip_full:
       _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                       full=True, unroll=a.unroll, remat=a.remat,
+                                       full=True, unroll=a.unroll, remat=bool(a.remat[0]),
                                        conv_impl=a.conv_impl)
       c, t, mem = jax_distill(step, args, a.repeats)
-      rows.append([name, "datm-clr (JAX only)", n_steps, batch_syn, f"{c:.1f} s", fmt_s(t),
-                   fmt_bytes(mem), "-", "-", "-"])
+      rows.append([name, "datm-clr (JAX only)", "on" if a.remat[0] else "off", n_steps,
+                   batch_syn, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem), "-", "-", "-"])
       print("  ", rows[-1], flush=True)
-  return table(["setting", "step", "N", "batch_syn", "JAX compile", "JAX step",
+  return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile", "JAX step",
                 "JAX peak (XLA)", "PyTorch step", "PyTorch peak", "PyTorch/JAX"], rows)
 
 
@@ -396,8 +399,10 @@ def main(argv=None):
   p.add_argument("--unroll_setting", default="c10_ipc1")
   p.add_argument("--unrolls", type=ints, default=[1, 2, 4, 8])
   p.add_argument("--unroll", type=int, default=1, help="scan unroll of the other sections")
-  p.add_argument("--remat", type=int, default=1, help="distill section: remat each step (1/0)")
-  p.add_argument("--conv_impl", default="auto", help="auto | xla | im2col (distill section)")
+  p.add_argument("--remat", type=ints, default=[1],
+                 help="distill section: remat each inner step, 1/0; '1,0' times both")
+  p.add_argument("--conv_impl", default="auto",
+                 help="auto | xla | im2col | hybrid (distill section)")
   p.add_argument("--expert_k", type=ints, default=[1, 2, 4, 8])
   p.add_argument("--expert_steps", type=int, default=10)
   p.add_argument("--eval_ipc", type=int, default=10)
@@ -429,7 +434,7 @@ def main(argv=None):
             machine() + (f"; PyTorch {tb.torch.__version__} on {tb.device}" if tb else ""),
             "", "Command: `" + " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])) + "`",
             f"ConvNet width {a.width}, {a.size}x{a.size} images, median of {a.repeats}; "
-            f"distill section: remat {bool(a.remat)}, conv_impl {a.conv_impl}, "
+            f"distill section: remat {a.remat}, conv_impl {a.conv_impl}, "
             f"scan unroll {a.unroll}.", ""]
   print("\n".join(header), flush=True)
   out = header[:]

@@ -1,11 +1,12 @@
-"""Benchmark: XLA convolution vs im2col, inside and outside lax loops (run on demand).
+"""Benchmark: the conv implementations, inside and outside lax loops (run on demand).
 
-  python launch/benchmark_conv.py             # XLA conv vs im2col, in and out of loops
+  python launch/benchmark_conv.py             # xla / im2col / hybrid, in and out of loops
   python launch/benchmark_conv.py --vs_torch  # matmul and a conv layer, JAX beside PyTorch
+  python launch/benchmark_conv.py --norm      # instance norm: Flax GroupNorm(C) vs ours
 
 Prints one table: compile time and steady-state time per call of a conv weight-gradient,
-alone and inside an 8-step fori_loop, for both implementations, side by side, with ratios.
-It is the measurement behind models.resolve_conv_impl choosing im2col on CPU.
+alone and inside an 8-step fori_loop, for each models.CONV_IMPLS entry, side by side, with
+ratios to XLA's. It is the measurement behind models.resolve_conv_impl's CPU choice.
 """
 
 import time
@@ -32,7 +33,7 @@ def main():
   x = jax.random.normal(jax.random.PRNGKey(0), (64, 16, 16, 32))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 32)) * 0.05
   rows = []
-  for impl in ("xla", "im2col"):
+  for impl in ("xla", "im2col", "hybrid"):
     g = jax.grad(lambda w, x, impl=impl: jnp.sum(models.conv2d(x, w, 1, impl) ** 2))
     once = timeit(g, w, x)
     loop = timeit(lambda w, x: jax.lax.fori_loop(0, 8, lambda i, w: w - 1e-4 * g(w, x), w),
@@ -44,8 +45,10 @@ def main():
   for impl, once, loop in rows:
     print(f"{impl:8s} {once[1] * 1e3:9.2f} {loop[1] * 1e3:15.2f} {loop[1] / 8 * 1e3:17.2f} "
           f"{loop[0]:17.2f}")
-  (_, xo, xl), (_, io, il) = rows
-  print(f"ratio xla/im2col: grad alone {xo[1] / io[1]:.2f}x, inside the loop {xl[1] / il[1]:.2f}x")
+  _, xo, xl = rows[0]
+  for impl, once, loop in rows[1:]:
+    print(f"ratio xla/{impl}: grad alone {xo[1] / once[1]:.2f}x, inside the loop "
+          f"{xl[1] / loop[1]:.2f}x")
 
 
 def vs_torch():
@@ -68,7 +71,10 @@ def vs_torch():
     tt = per_call(lambda a, b: a @ b, torch.ones(m, k), torch.ones(k, n))
     print(f"{f'{m} x {k} x {n}':22s} {gflop / tj:12.1f} {gflop / tt:16.1f}")
   x, w = jnp.ones((10, 16, 16, 128)), jnp.full((3, 3, 128, 128), 0.01)
-  g = jax.jit(jax.grad(lambda w, x: jnp.sum(models.conv2d(x, w, 1, "im2col") ** 2), (0, 1)))
+  def conv_grad(impl):
+    return jax.jit(jax.grad(lambda w, x: jnp.sum(models.conv2d(x, w, 1, impl) ** 2), (0, 1)))
+
+  grads = {impl: conv_grad(impl) for impl in ("im2col", "hybrid")}
   xt = torch.ones(10, 128, 16, 16, requires_grad=True)
   wt = torch.full((128, 128, 3, 3), 0.01, requires_grad=True)
 
@@ -76,11 +82,57 @@ def vs_torch():
     (torch.nn.functional.conv2d(x, w, padding=1) ** 2).sum().backward()
     return x.grad
 
-  tj, tt = per_call(g, w, x), per_call(torch_grad, xt, wt)
-  print(f"conv 3x3 128->128 on (10,16,16) fwd+bwd: JAX im2col {tj * 1e3:.1f} ms, PyTorch "
-        f"{tt * 1e3:.1f} ms ({tt / tj:.2f}x)")
+  tt = per_call(torch_grad, xt, wt)
+  for impl, g in grads.items():
+    tj = per_call(g, w, x)
+    print(f"conv 3x3 128->128 on (10,16,16) fwd+bwd: JAX {impl} {tj * 1e3:.1f} ms, PyTorch "
+          f"{tt * 1e3:.1f} ms ({tt / tj:.2f}x)")
+
+
+def norm():
+  """Instance norm at CIFAR-10 IPC 10's first-layer shape: Flax's GroupNorm(C) vs ours.
+
+  GroupNorm reduces a (B,H,W,C,1) reshape over axes (1,2,4); models.InstanceNorm reduces the
+  (B,H,W,C) array over (1,2). The first two rows isolate the reduction, the same fused
+  three-input product reduced both ways.
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  def per_call(f, *args, reps=10):
+    f = jax.jit(f)
+    jax.block_until_ready(f(*args))
+    t = time.perf_counter()
+    for _ in range(reps):
+      out = f(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t) / reps
+
+  shape = (100, 32, 32, 128)
+  a, b, c = (jax.random.normal(jax.random.PRNGKey(i), shape) for i in range(3))
+  five = lambda v: v.reshape(*shape, 1)
+  rows = [
+      ("sum of a*b*c over (1,2,4), (B,H,W,C,1) inputs",
+       lambda a, b, c: jnp.sum(a * (b * c), axis=(1, 2, 4)), (five(a), five(b), five(c))),
+      ("sum of a*b*c over (1,2), (B,H,W,C) inputs",
+       lambda a, b, c: jnp.sum(a * (b * c), axis=(1, 2)), (a, b, c)),
+  ]
+  params = {"params": {"scale": jnp.ones(shape[-1]), "bias": jnp.zeros(shape[-1])}}
+  for name, layer in (("Flax GroupNorm(C)", nn.GroupNorm(num_groups=shape[-1], epsilon=1e-5)),
+                      ("models.InstanceNorm", models.InstanceNorm())):
+    fwd = lambda x, layer=layer: layer.apply(params, x)
+    rows.append((f"{name} forward", fwd, (a,)))
+    rows.append((f"{name} forward+backward",
+                 jax.grad(lambda x, fwd=fwd: jnp.sum(jnp.sin(fwd(x)))), (a,)))
+  print(f"backend: {jax.default_backend()}; input {shape}")
+  for name, f, args in rows:
+    print(f"{name:50s} {per_call(f, *args) * 1e3:9.2f} ms")
 
 
 if __name__ == "__main__":
   import sys
-  vs_torch() if "--vs_torch" in sys.argv else main()
+  if "--vs_torch" in sys.argv:
+    vs_torch()
+  elif "--norm" in sys.argv:
+    norm()
+  else:
+    main()

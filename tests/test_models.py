@@ -1,5 +1,6 @@
 """Network shapes, parameter counts (SPEC §2) and the two convolution implementations."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,8 +35,17 @@ def test_torch_style_init_bounds():
   assert float(jnp.abs(k0).max()) <= bound and float(jnp.abs(k0).max()) > 0.9 * bound
   fc = params["TorchDense_0"]["kernel"]
   assert float(jnp.abs(fc).max()) <= 1 / np.sqrt(fc.shape[0])
-  assert np.allclose(params["GroupNorm_0"]["scale"], 1) and np.allclose(
-      params["GroupNorm_0"]["bias"], 0)
+  assert np.allclose(params["InstanceNorm_0"]["scale"], 1) and np.allclose(
+      params["InstanceNorm_0"]["bias"], 0)
+
+
+def test_parameters_share_one_dtype():
+  # Mixed leaf dtypes would make unravel round a float64 flat vector to float32 leaves, which
+  # breaks the float64 finite-difference checks of the hypergradient.
+  with jax.enable_x64(True):
+    net = models.make_network("convnet", 10, (8, 8, 3), width=4, depth=2)
+    tree = net.unravel(jnp.zeros(net.num_params, jnp.float64))
+    assert {a.dtype for a in jax.tree_util.tree_leaves(tree)} == {jnp.dtype(jnp.float64)}
 
 
 def test_im2col_matches_xla_conv():
@@ -47,6 +57,60 @@ def test_im2col_matches_xla_conv():
   ga = jax.grad(lambda w: jnp.sum(models.conv2d(x, w, 1, "xla") ** 2))(w)
   gb = jax.grad(lambda w: jnp.sum(models.conv2d(x, w, 1, "im2col") ** 2))(w)
   np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin,k,pad", [(3, 3, 1), (20, 3, 1), (16, 1, 0), (18, 5, 2)])
+def test_hybrid_conv_derivatives_match_xla_to_second_order(cin, k, pad):
+  """The hybrid conv's hand-written VJPs against JAX's own derivatives of XLA's conv.
+
+  Second order as trajectory matching uses it: the gradient of a function of the gradient.
+  Both input-gradient paths are covered (cin 3 folds, cin >= 16 is a flipped convolution).
+  """
+  with jax.enable_x64(True):
+    kx, kw = jax.random.split(jax.random.PRNGKey(cin))
+    x = jax.random.normal(kx, (2, 8, 8, cin), jnp.float64)
+    w = 0.3 * jax.random.normal(kw, (k, k, cin, 7), jnp.float64)
+
+    def results(impl):
+      loss = lambda x, w: jnp.sum(jnp.tanh(models.conv2d(x, w, pad, impl)) ** 2)
+
+      def outer(x, w):
+        gx, gw = jax.grad(loss, (0, 1))(x, w)
+        return jnp.sum(jnp.sin(gw)) + jnp.sum(gx ** 3) + loss(x - 0.1 * gx, w - 0.1 * gw)
+
+      return loss(x, w), jax.grad(loss, (0, 1))(x, w), jax.grad(outer, (0, 1))(x, w)
+
+    want, got = results("xla"), results("hybrid")
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+      np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_for_vmap_uses_im2col_with_the_same_numbers():
+  net = models.make_network("convnet", 10, (8, 8, 3), width=4, depth=2, conv_impl="hybrid")
+  v = net.for_vmap()
+  assert net.module.conv_impl == "hybrid" and v.module.conv_impl == "im2col"
+  p = net.init_flat(jax.random.PRNGKey(0), (8, 8, 3))
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
+  np.testing.assert_allclose(v.apply_flat(p, x)[0], net.apply_flat(p, x)[0], atol=1e-5)
+  xla = models.make_network("convnet", 10, (8, 8, 3), width=4, depth=2, conv_impl="xla")
+  assert xla.for_vmap() is xla
+
+
+def test_instance_norm_matches_flax_group_norm():
+  x = 3 * jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 5)) + 1
+  kb, ks = jax.random.split(jax.random.PRNGKey(1))
+  params = {"scale": jax.random.normal(ks, (5,)), "bias": jax.random.normal(kb, (5,))}
+  ours = lambda x: models.InstanceNorm().apply({"params": params}, x)
+  flax_gn = lambda x: nn.GroupNorm(num_groups=5, epsilon=1e-5).apply({"params": params}, x)
+  np.testing.assert_allclose(ours(x), flax_gn(x), rtol=1e-5, atol=1e-5)
+  g = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
+  np.testing.assert_allclose(g(ours), g(flax_gn), rtol=1e-4, atol=1e-5)
+
+
+def test_avg_pool2_matches_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 6, 3))
+  np.testing.assert_allclose(models.avg_pool2(x), nn.avg_pool(x, (2, 2), strides=(2, 2)),
+                             atol=1e-6)
 
 
 def test_instance_norm_is_per_sample():
