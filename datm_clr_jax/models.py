@@ -90,6 +90,7 @@ def _im2col(x: jax.Array, kernel: jax.Array, padding: int, stride: int = 1) -> j
 
 # With fewer input channels than this, the input gradient is dy @ W^T folded back onto the
 # image: as a convolution it would produce only Cin channels from a kh*kw*Cout-wide input.
+# The value separates RGB inputs (3) from hidden layers (>= 32 here); it was not tuned.
 _FOLD_BELOW_CIN = 16
 
 
@@ -225,12 +226,14 @@ class InstanceNorm(nn.Module):
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:
-  """2x2 average pooling, stride 2: (B,H,W,C) -> (B,H/2,W/2,C), H and W even.
+  """2x2 average pooling, stride 2: (B,H,W,C) -> (B,H//2,W//2,C); an odd last row or column
+  is dropped, as PyTorch's AvgPool2d(2) and Flax's VALID avg_pool do.
 
   As a reshape and mean rather than a reduce-window: the gradient is then a broadcast, where
   XLA:CPU would run a padded reduce-window over the whole input.
   """
   b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
