@@ -44,7 +44,8 @@ def get_config():
   config.experts.gsam_alpha = 0.3  # GSAM surrogate-gap weight (FTD's value).
   config.experts.gsam_adaptive = True  # Perturbation scaled by |w| (FTD's value).
   config.experts.save_epochs = 0  # Store snapshots 0..save_epochs only; 0 stores all.
-  config.experts.parallel = 10  # Experts trained at once under vmap.
+  config.experts.parallel = 10  # Experts per compiled epoch (one group).
+  config.experts.loop = "auto"  # vmap (group at once) | map (in turn) | auto: map on one CPU device.
   config.experts.seed = 0  # Separate from config.seed so distillation seeds share experts.
   config.experts.dir = ""  # Where trajectories live; empty: <workdir>/experts.
   config.experts.import_dir = ""  # --mode=experts imports replay_buffer_<k>.pt from here.

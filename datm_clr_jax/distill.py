@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.ad_checkpoint import checkpoint_name
 
 from datm_clr_jax import augment, checkpointing, losses, sharding
 from datm_clr_jax.models import Network, ProjectionHead
@@ -199,10 +200,15 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       else:
         g = jax.grad(ce)(theta)
         con = contrast(theta, x, cls, k) if cfg.contrast_on else jnp.zeros((), theta.dtype)
+      g = checkpoint_name(g, "inner_grad")
       return theta - lr * g, con
 
     if cfg.remat:
-      inner = jax.checkpoint(inner)
+      # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
+      # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
+      # rest of the backward pass needs only activations and their gradients.
+      inner = jax.checkpoint(
+          inner, policy=jax.checkpoint_policies.save_only_these_names("inner_grad"))
     theta_n, cons = jax.lax.scan(inner, theta0, (idx, aug_keys), unroll=cfg.unroll)
     l_tm = losses.trajectory_loss(theta_n, theta0, target)
     l_con = jnp.mean(cons)

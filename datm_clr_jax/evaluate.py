@@ -36,16 +36,12 @@ class EvalConfig:
   seed_loop: str = "auto"  # 'vmap' | 'map' | 'auto' (resolve_seed_loop)
 
 
-SEED_LOOPS = ("auto", "vmap", "map")
+SEED_LOOPS = sharding.NETWORK_LOOPS
 
 
 def resolve_seed_loop(seed_loop: str, num_devices: int = 1) -> str:
   """'auto' -> 'map' on a single CPU device, else 'vmap' (seeds sharded over devices need it)."""
-  if seed_loop not in SEED_LOOPS:
-    raise ValueError(f"eval seed_loop must be one of {SEED_LOOPS}, got {seed_loop!r}")
-  if seed_loop == "auto":
-    return "map" if jax.default_backend() == "cpu" and num_devices == 1 else "vmap"
-  return seed_loop
+  return sharding.resolve_network_loop(seed_loop, num_devices, "eval seed_loop")
 
 
 def _loss_fn(network: Network, variables, x, y, w):

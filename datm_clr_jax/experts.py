@@ -1,8 +1,10 @@
 """Expert trajectories: train K networks on the real set at once and store their parameters.
 
 A trajectory is an array of shape (epochs + 1, P): the flat parameters at initialisation and
-after every epoch (SPEC §4). Experts are independent, so a group of them trains together under
-`jax.vmap`: one compiled epoch updates every expert of the group.
+after every epoch (SPEC §4). Experts are independent, so one compiled epoch updates every
+expert of a group: all at once under `jax.vmap` (loop 'vmap', the default off CPU and across
+devices) or one after another under `lax.map` ('map', the default on one CPU device, where
+the batched convolutions were slower than the experts in turn: launch/results/benchmark_cpu.md).
 
 On disk (orbax, through `checkpointing`):
   experts/meta.json              num_params, epochs, and what the experts were trained on
@@ -60,7 +62,8 @@ def gsam_gradient(loss_fn, params: jax.Array, g: jax.Array, cfg: GSAM) -> jax.Ar
 
 
 def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train: int,
-                     strategy: str, dsa_mode: str, gsam: GSAM | None = None):
+                     strategy: str, dsa_mode: str, gsam: GSAM | None = None,
+                     loop: str = "vmap"):
   """Builds a jitted function training a group of experts for one epoch with SGD or GSAM.
 
   The returned `epoch(params, keys, x, y)` takes params (K, P), keys (K, 2), images
@@ -68,8 +71,13 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
   Each expert draws its own shuffling and augmentation from its key. The last partial
   batch is dropped, so every step sees `batch_size` images. `gsam` None is plain SGD (MTT);
   a GSAM config trains as FTD/DATM do (one augmented batch serves both GSAM passes).
+  `loop` 'vmap' trains the K experts at once, 'map' one after another (same numbers up to
+  float rounding).
   """
-  network = network.for_vmap()
+  if loop not in ("vmap", "map"):
+    raise ValueError(f"expert loop must be 'vmap' or 'map' (resolve 'auto' first), got {loop!r}")
+  if loop == "vmap":
+    network = network.for_vmap()
   steps = num_train // batch_size
   if steps == 0:
     raise ValueError(f"expert batch_size {batch_size} exceeds the {num_train} training images")
@@ -93,7 +101,10 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
     params, step_losses = jax.lax.scan(step, params, (order, jax.random.split(k_aug, steps)))
     return params, jnp.mean(step_losses)
 
-  return jax.jit(jax.vmap(one_expert, in_axes=(0, 0, None, None)))
+  if loop == "vmap":
+    return jax.jit(jax.vmap(one_expert, in_axes=(0, 0, None, None)))
+  return jax.jit(lambda params, keys, x, y: jax.lax.map(
+      lambda a: one_expert(*a, x, y), (params, keys)))
 
 
 def expert_path(root, k: int) -> Path:
@@ -125,7 +136,8 @@ def finished_experts(root) -> list[int]:
 def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, num_experts: int,
                   epochs: int, lr: float, batch_size: int, parallel: int, strategy: str,
                   dsa_mode: str, seed: int, image_shape, gsam: GSAM | None = None,
-                  save_epochs: int = 0, mesh=None, meta_extra=None, log=None) -> None:
+                  save_epochs: int = 0, mesh=None, meta_extra=None, log=None,
+                  loop: str = "auto") -> None:
   """Trains `num_experts` experts (in groups of `parallel`) and saves their trajectories.
 
   Already finished experts are skipped and an interrupted group resumes from its last epoch,
@@ -142,6 +154,7 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
       reads past max_start_epoch + expert_epochs, so the rest need not be kept.
     mesh: a `sharding.device_mesh()`: each device trains its share of a group's experts.
     log: optional callable(dict) receiving one record per epoch.
+    loop: how a group trains: 'vmap', 'map' or 'auto' (sharding.resolve_network_loop).
   """
   root = Path(root)
   meta = {"num_params": network.num_params, "epochs": epochs, "lr": lr,
@@ -158,8 +171,9 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
   if not todo:
     logging.info("experts: all %d already trained in %s", num_experts, root)
     return
+  loop = sharding.resolve_network_loop(loop, 1 if mesh is None else mesh.size, "experts.loop")
   epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
-                              strategy=strategy, dsa_mode=dsa_mode, gsam=gsam)
+                              strategy=strategy, dsa_mode=dsa_mode, gsam=gsam, loop=loop)
   tester = evaluate.make_tester(network)
 
   def acc_fn(params, x, y):  # flat (K, P) -> the variables pytree the tester expects

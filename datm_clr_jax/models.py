@@ -89,8 +89,9 @@ def _im2col(x: jax.Array, kernel: jax.Array, padding: int, stride: int = 1) -> j
 
 
 # With fewer input channels than this, the input gradient is dy @ W^T folded back onto the
-# image: as a convolution it would produce only Cin channels from a kh*kw*Cout-wide input.
-# The value separates RGB inputs (3) from hidden layers (>= 32 here); it was not tuned.
+# image (as a convolution it would produce only Cin channels from a kh*kw*Cout-wide input),
+# and the weight gradient is one im2col matmul (see `_kernel_grad`). The value separates RGB
+# inputs (3) from hidden layers (>= 32 here); it was not tuned.
 _FOLD_BELOW_CIN = 16
 
 
@@ -110,9 +111,23 @@ def _input_grad(dy: jax.Array, kernel: jax.Array, padding: int, x_shape) -> jax.
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _kernel_grad(x: jax.Array, dy: jax.Array, padding: int, kh: int, kw: int) -> jax.Array:
-  """d<conv(x, kernel), dy>/dkernel at stride 1: -> (kh,kw,Cin,Cout), as one im2col matmul."""
-  g = jnp.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, padding), dy)
-  return g.reshape(kh, kw, x.shape[-1], dy.shape[-1])
+  """d<conv(x, kernel), dy>/dkernel at stride 1: -> (kh,kw,Cin,Cout), as matmuls.
+
+  Wide inputs take one matmul dy^T @ (x shifted by the tap) per kernel tap. One im2col matmul
+  over a (B*H'*W', kh*kw*Cin) patch matrix does the same FLOPs, but XLA:CPU copies the patch
+  matrix twice (building it, then transposing it for the matmul) and that took longer than
+  the matmul (launch/benchmark_conv.py --kernel_grad). With few input channels the patch
+  matrix is small and one matmul beats kh*kw thin ones.
+  """
+  cin, cout = x.shape[-1], dy.shape[-1]
+  if cin < _FOLD_BELOW_CIN:
+    g = jnp.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, padding), dy)
+    return g.reshape(kh, kw, cin, cout)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  h, w = dy.shape[1:3]
+  taps = [jnp.einsum("bhwo,bhwc->oc", dy, xp[:, i:i + h, j:j + w, :])
+          for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
 
 
 def _kernel_grad_fwd(x, dy, padding, kh, kw):
@@ -201,6 +216,39 @@ class TorchDense(nn.Module):
     return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def instance_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+  """(x - mean) / sqrt(var + epsilon) * scale + bias over H and W: x (B,H,W,C), scale (C,).
+
+  The variance is E[x^2] - E[x]^2 clipped at 0, as Flax's GroupNorm computes it. The
+  derivative is written out (`_instance_norm_bwd`) because trajectory matching
+  differentiates it once more, and the derivative of JAX's own derivative of the forward
+  formula held several more full-size intermediates than this one (launch/profile_step.py).
+  """
+  return _instance_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _instance_norm_fwd(x, scale, bias, epsilon):
+  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+  var = jnp.maximum(jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True) - jnp.square(mean), 0)
+  inv = jax.lax.rsqrt(var + epsilon)
+  xhat = (x - mean) * inv
+  return xhat * scale + bias, (xhat, inv, scale)
+
+
+def _instance_norm_bwd(epsilon, res, dy):
+  del epsilon
+  xhat, inv, scale = res
+  g = dy * scale
+  # d xhat / dx projects out the mean and the xhat direction of each (sample, channel) map.
+  dx = inv * (g - jnp.mean(g, axis=(1, 2), keepdims=True)
+              - xhat * jnp.mean(g * xhat, axis=(1, 2), keepdims=True))
+  return dx, jnp.sum(dy * xhat, axis=(0, 1, 2)), jnp.sum(dy, axis=(0, 1, 2))
+
+
+instance_norm.defvjp(_instance_norm_fwd, _instance_norm_bwd)
+
+
 class InstanceNorm(nn.Module):
   """Per-sample, per-channel normalisation over H and W with a learned scale and bias.
 
@@ -219,10 +267,7 @@ class InstanceNorm(nn.Module):
     # a flat vector back to each leaf's dtype once the leaves' dtypes differ.
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    # E[x^2] - E[x]^2, clipped at 0, as Flax computes it.
-    var = jnp.maximum(jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True) - jnp.square(mean), 0)
-    return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return instance_norm(x, scale, bias, self.epsilon)
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:

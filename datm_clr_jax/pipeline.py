@@ -51,6 +51,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _choice(arch, ARCHS, "eval.archs")
   _choice(config.dsa.mode, augment.MODES, "dsa.mode")
   _choice(config.eval.seed_loop, evaluate.SEED_LOOPS, "eval.seed_loop")
+  _choice(config.experts.loop, sharding.NETWORK_LOOPS, "experts.loop")
   _choice(c.view_mode, augment.MODES, "clr.view_mode")
   _choice(c.strategy, ("fusion", "update", "none"), "clr.strategy")
   _choice(c.loss, losses.CONTRASTIVE_KINDS, "clr.loss")
@@ -234,7 +235,8 @@ class Run:
         gsam=(experts.GSAM(rho=c.gsam_rho, alpha=c.gsam_alpha, adaptive=c.gsam_adaptive)
               if c.optimizer == "gsam" else None), save_epochs=c.save_epochs, mesh=self.mesh,
         meta_extra=({"held_out_val_per_class": self.config.distill.val_per_class}
-                    if self.config.distill.select == "val" else None), log=self.log)
+                    if self.config.distill.select == "val" else None), log=self.log,
+        loop=c.loop)
     logging.info("experts: done in %.1fs", time.time() - t0)
 
   # --------------------------------------------------------------------------- distill

@@ -19,6 +19,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "d"
 
+# How a group of independent networks (experts, evaluation seeds) is trained in one compiled
+# call: all at once under jax.vmap, or one after another under lax.map.
+NETWORK_LOOPS = ("auto", "vmap", "map")
+
+
+def resolve_network_loop(loop: str, num_devices: int, field: str) -> str:
+  """'auto' -> 'map' on a single CPU device, else 'vmap' (sharding over devices needs it).
+
+  On a CPU the networks' batched convolutions were slower than the same networks in turn
+  (launch/results/eval_seed_loop.md, launch/results/benchmark_cpu.md). `field` names the
+  config field in the error.
+  """
+  if loop not in NETWORK_LOOPS:
+    raise ValueError(f"{field} must be one of {NETWORK_LOOPS}, got {loop!r}")
+  if loop == "auto":
+    return "map" if jax.default_backend() == "cpu" and num_devices == 1 else "vmap"
+  return loop
+
 
 def device_mesh(enabled: bool = True) -> Mesh | None:
   """A 1-D mesh over all devices, or None with a single device (or when disabled)."""

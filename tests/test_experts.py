@@ -62,3 +62,24 @@ def test_gsam_experts_and_truncated_storage(tmp_path):
   with pytest.raises(experts.checkpointing.CheckpointError, match="trained with"):
     experts.train_experts(net, x, y, x, y, root=tmp_path / "sgd", num_experts=2,
                           gsam=experts.GSAM(), **kw)
+
+
+@pytest.mark.parametrize("gsam", [None, experts.GSAM()])
+def test_expert_loops_agree(gsam):
+  """Experts trained at once (vmap, im2col convs) or in turn (lax.map, hybrid convs)."""
+  net = models.make_network("convnet", 3, (8, 8, 2), width=16, depth=2, conv_impl="hybrid")
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(24, 8, 8, 2)).astype(np.float32))
+  y = jnp.asarray(np.repeat(np.arange(3), 8).astype(np.int32))
+  params = jnp.stack([net.init_flat(jax.random.PRNGKey(k), (8, 8, 2)) for k in range(3)])
+  keys = jax.random.split(jax.random.PRNGKey(5), 3)
+  out = {loop: experts.make_train_epoch(net, lr=0.05, batch_size=8, num_train=24,
+                                        strategy="flip", dsa_mode="single", gsam=gsam,
+                                        loop=loop)(params, keys, x, y)
+         for loop in ("vmap", "map")}
+  assert not np.allclose(out["map"][0], params, atol=1e-3)  # the epoch trained something
+  np.testing.assert_allclose(out["map"][0], out["vmap"][0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["map"][1], out["vmap"][1], rtol=1e-5)
+  with pytest.raises(ValueError, match="expert loop"):
+    experts.make_train_epoch(net, lr=0.05, batch_size=8, num_train=24, strategy="flip",
+                             dsa_mode="single", loop="auto")

@@ -64,7 +64,8 @@ def test_hybrid_conv_derivatives_match_xla_to_second_order(cin, k, pad):
   """The hybrid conv's hand-written VJPs against JAX's own derivatives of XLA's conv.
 
   Second order as trajectory matching uses it: the gradient of a function of the gradient.
-  Both input-gradient paths are covered (cin 3 folds, cin >= 16 is a flipped convolution).
+  Both paths of each gradient are covered: cin 3 folds dy @ W^T and takes one im2col matmul
+  for the weight gradient, cin >= 16 a flipped convolution and one matmul per kernel tap.
   """
   with jax.enable_x64(True):
     kx, kw = jax.random.split(jax.random.PRNGKey(cin))
@@ -105,6 +106,40 @@ def test_instance_norm_matches_flax_group_norm():
   np.testing.assert_allclose(ours(x), flax_gn(x), rtol=1e-5, atol=1e-5)
   g = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
   np.testing.assert_allclose(g(ours), g(flax_gn), rtol=1e-4, atol=1e-5)
+
+
+def test_instance_norm_derivatives_match_autodiff_to_second_order():
+  """The hand-written VJP against JAX's derivatives of the same formula, in float64.
+
+  Includes a constant map (its variance clips at 0) and a gradient of a function of the
+  gradient, as trajectory matching takes it.
+  """
+  def plain(x, scale, bias, eps=1e-5):
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.maximum(jnp.mean(x * x, axis=(1, 2), keepdims=True) - mean * mean, 0)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+  with jax.enable_x64(True):
+    kx, ks, kb = jax.random.split(jax.random.PRNGKey(3), 3)
+    x = 2 * jax.random.normal(kx, (3, 6, 5, 4), jnp.float64) + 1
+    x = x.at[1, :, :, 2].set(0.7)
+    scale = jax.random.normal(ks, (4,), jnp.float64)
+    bias = jax.random.normal(kb, (4,), jnp.float64)
+
+    def results(norm):
+      loss = lambda *a: jnp.sum(jnp.tanh(norm(*a)) ** 2)
+
+      def outer(*a):
+        gx, gs, gb = jax.grad(loss, (0, 1, 2))(*a)
+        return jnp.sum(jnp.sin(gx)) + jnp.sum(gs ** 3) + loss(a[0] - 0.1 * gx, a[1] - gs, a[2])
+
+      args = (x, scale, bias)
+      return norm(*args), jax.grad(loss, (0, 1, 2))(*args), jax.grad(outer, (0, 1, 2))(*args)
+
+    ours = lambda x, s, b: models.instance_norm(x, s, b, 1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(results(plain)),
+                    jax.tree_util.tree_leaves(results(ours))):
+      np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
 
 
 def test_avg_pool2_matches_flax():
