@@ -45,7 +45,7 @@ def get_config():
   config.experts.gsam_adaptive = True  # Perturbation scaled by |w| (FTD's value).
   config.experts.save_epochs = 0  # Store snapshots 0..save_epochs only; 0 stores all.
   config.experts.parallel = 10  # Experts per compiled epoch (one group).
-  config.experts.loop = "auto"  # vmap (group at once) | map (in turn) | auto: map on one CPU device.
+  config.experts.loop = "auto"  # vmap (at once) | map (in turn) | auto: map on one CPU device.
   config.experts.seed = 0  # Separate from config.seed so distillation seeds share experts.
   config.experts.dir = ""  # Where trajectories live; empty: <workdir>/experts.
   config.experts.import_dir = ""  # --mode=experts imports replay_buffer_<k>.pt from here.
@@ -72,7 +72,7 @@ def get_config():
   config.distill.threshold = 1.1  # Skip the update when L_tm exceeds this.
   config.distill.init = "samples_predicted_correctly"  # | real.
   config.distill.num_experts = 0  # Experts to match against; 0: all trained.
-  config.distill.remat = True  # jax.checkpoint each inner step: memory flat in N.
+  config.distill.remat = True  # Recompute each inner step but its gradient: memory ~flat in N.
   config.distill.scan_unroll = 1  # lax.scan unroll factor of the inner loop.
   config.distill.select = "final"  # Which iteration to keep: final | val (best on held-out).
   config.distill.val_per_class = 50  # select=val: training images per class held out.

@@ -58,8 +58,8 @@ def resolve_conv_impl(impl: str) -> str:
   trajectory matching differentiates convolutions inside scans everywhere.
   'im2col': shifted slices + one matmul, differentiated by JAX; matmul speed in or out of
   loops, but the patch copies and their adjoints cost memory traffic.
-  'hybrid': XLA's convolution for the forward pass and the input gradient, an im2col matmul
-  for the weight gradient, tied together by custom derivative rules that hold to any order
+  'hybrid': XLA's convolution for the forward pass and the input gradient, matmuls for the
+  weight gradient (`_kernel_grad`), tied together by custom derivative rules that hold to any order
   (`_conv_s1`). Measured in launch/benchmark_conv.py and launch/benchmark.py.
   """
   if impl not in CONV_IMPLS:
@@ -150,7 +150,7 @@ def _conv_s1(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
   """Stride-1 convolution whose derivatives are again `_conv_s1` and `_kernel_grad`.
 
   So every derivative, of any order (trajectory matching differentiates the student's
-  gradient), is either an XLA forward convolution or the im2col weight-gradient matmul, and
+  gradient), is either an XLA forward convolution or the weight-gradient matmuls, and
   XLA:CPU's slow weight-gradient convolution never appears.
   """
   return _xla_conv(x, kernel, padding)
@@ -221,9 +221,10 @@ def instance_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: floa
   """(x - mean) / sqrt(var + epsilon) * scale + bias over H and W: x (B,H,W,C), scale (C,).
 
   The variance is E[x^2] - E[x]^2 clipped at 0, as Flax's GroupNorm computes it. The
-  derivative is written out (`_instance_norm_bwd`) because trajectory matching
-  differentiates it once more, and the derivative of JAX's own derivative of the forward
-  formula held several more full-size intermediates than this one (launch/profile_step.py).
+  derivative is the textbook one written out (`_instance_norm_bwd`), which trajectory
+  matching differentiates again. In the CIFAR-10 IPC 1 step that was faster than JAX's
+  derivative of the formula; at IPC 10, and on its own, it was not slower
+  (launch/results/benchmark_cpu.md).
   """
   return _instance_norm_fwd(x, scale, bias, epsilon)[0]
 
@@ -446,8 +447,9 @@ class Network:
     """This network for parameter sets trained side by side under jax.vmap; same numbers.
 
     Batched over kernels, the hybrid convolution's XLA convolutions become grouped
-    convolutions, which XLA:CPU runs far slower than im2col's batched matmuls (the experts
-    section of launch/results/benchmark_cpu.md), so vmapped networks use im2col.
+    convolutions, which XLA:CPU runs far slower than im2col's batched matmuls (experts at
+    K = 2 and 4 fell from 140 to 57 and 50 images/s: launch/results/benchmark_cpu.md as of
+    commit 3226fae), so vmapped networks use im2col.
     """
     if getattr(self.module, "conv_impl", None) != "hybrid":
       return self

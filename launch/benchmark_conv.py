@@ -3,6 +3,7 @@
   python launch/benchmark_conv.py             # xla / im2col / hybrid, in and out of loops
   python launch/benchmark_conv.py --vs_torch  # matmul and a conv layer, JAX beside PyTorch
   python launch/benchmark_conv.py --norm      # instance norm: Flax GroupNorm(C) vs ours
+  python launch/benchmark_conv.py --kernel_grad  # weight gradient: im2col vs one matmul per tap
 
 Prints one table: compile time and steady-state time per call of a conv weight-gradient,
 alone and inside an 8-step fori_loop, for each models.CONV_IMPLS entry, side by side, with
@@ -89,6 +90,35 @@ def vs_torch():
           f"{tt * 1e3:.1f} ms ({tt / tj:.2f}x)")
 
 
+def _per_call(f, *args, reps=10):
+  f = jax.jit(f)
+  jax.block_until_ready(f(*args))
+  t = time.perf_counter()
+  for _ in range(reps):
+    out = f(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / reps
+
+
+def kernel_grad():
+  """The hybrid conv's weight gradient at the CIFAR ConvNet's layer shapes, both ways.
+
+  One im2col matmul over the (B*H*W, 9*Cin) patch matrix against models._kernel_grad, which
+  takes one matmul per kernel tap for Cin >= 16 (and the im2col matmul below that).
+  """
+  # pylint: disable=protected-access
+  im2col = lambda x, dy: jnp.einsum("bhwk,bhwo->ko", models._patches(x, 3, 3, 1), dy)
+  print(f"backend: {jax.default_backend()}")
+  print(f"{'x (B,H,W,Cin)':18s} {'im2col ms':>10s} {'_kernel_grad ms':>16s} {'ratio':>7s}")
+  for b, h, cin in [(10, 16, 128), (10, 8, 128), (100, 16, 128), (100, 8, 128), (10, 32, 3)]:
+    x = jax.random.normal(jax.random.PRNGKey(0), (b, h, h, cin))
+    dy = jax.random.normal(jax.random.PRNGKey(1), (b, h, h, 128))
+    t_im = _per_call(im2col, x, dy)
+    t_kg = _per_call(lambda x, dy: models._kernel_grad(x, dy, 1, 3, 3), x, dy)
+    print(f"{str((b, h, h, cin)):18s} {t_im * 1e3:10.2f} {t_kg * 1e3:16.2f} "
+          f"{t_im / t_kg:6.2f}x")
+
+
 def norm():
   """Instance norm at CIFAR-10 IPC 10's first-layer shape: Flax's GroupNorm(C) vs ours.
 
@@ -97,15 +127,6 @@ def norm():
   three-input product reduced both ways.
   """
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
-
-  def per_call(f, *args, reps=10):
-    f = jax.jit(f)
-    jax.block_until_ready(f(*args))
-    t = time.perf_counter()
-    for _ in range(reps):
-      out = f(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t) / reps
 
   shape = (100, 32, 32, 128)
   a, b, c = (jax.random.normal(jax.random.PRNGKey(i), shape) for i in range(3))
@@ -123,9 +144,23 @@ def norm():
     rows.append((f"{name} forward", fwd, (a,)))
     rows.append((f"{name} forward+backward",
                  jax.grad(lambda x, fwd=fwd: jnp.sum(jnp.sin(fwd(x)))), (a,)))
+  # Second order, as trajectory matching takes it: JAX's derivative of JAX's derivative of the
+  # formula against its derivative of models.instance_norm's written-out VJP.
+  def plain(x, scale, bias):
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.maximum(jnp.mean(x * x, axis=(1, 2), keepdims=True) - mean * mean, 0)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+
+  ones, zeros = jnp.ones(shape[-1]), jnp.zeros(shape[-1])
+  for name, fn in (("formula, autodiff", plain),
+                   ("models.instance_norm", lambda x, s, b: models.instance_norm(x, s, b, 1e-5))):
+    inner = jax.grad(lambda x, s, fn=fn: jnp.sum(jnp.sin(fn(x, s, zeros)) * b), (0, 1))
+    rows.append((f"{name}: grad of grad",
+                 jax.grad(lambda x, s, inner=inner: jnp.sum(jnp.cos(inner(x, s)[0]))
+                          + jnp.sum(inner(x, s)[1] ** 2), (0, 1)), (a, ones)))
   print(f"backend: {jax.default_backend()}; input {shape}")
   for name, f, args in rows:
-    print(f"{name:50s} {per_call(f, *args) * 1e3:9.2f} ms")
+    print(f"{name:50s} {_per_call(f, *args) * 1e3:9.2f} ms")
 
 
 if __name__ == "__main__":
@@ -134,5 +169,7 @@ if __name__ == "__main__":
     vs_torch()
   elif "--norm" in sys.argv:
     norm()
+  elif "--kernel_grad" in sys.argv:
+    kernel_grad()
   else:
     main()

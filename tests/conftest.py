@@ -1,14 +1,29 @@
 """Shared fixtures: tiny shapes so the whole suite runs in minutes on 2 CPU cores."""
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
+
+# Compilation dominates the tiny tests, and many compile identical functions again (each
+# pipeline.Run jits its own step; the command-line tests start fresh processes). A persistent
+# compilation cache turns those repeats into cache hits. Each pytest process (each xdist
+# worker) gets its own new directory, removed at exit: JAX writes entries non-atomically, so
+# two concurrent processes must not share one. Subprocesses inherit it through the variable.
+_CACHE = tempfile.mkdtemp(prefix="jax_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+jax.config.update("jax_compilation_cache_dir", _CACHE)
 
 
 @pytest.fixture
