@@ -59,8 +59,8 @@ def resolve_conv_impl(impl: str) -> str:
   'im2col': shifted slices + one matmul, differentiated by JAX; matmul speed in or out of
   loops, but the patch copies and their adjoints cost memory traffic.
   'hybrid': XLA's convolution for the forward pass and the input gradient, matmuls for the
-  weight gradient (`_kernel_grad`), tied together by custom derivative rules that hold to any order
-  (`_conv_s1`). Measured in launch/benchmark_conv.py and launch/benchmark.py.
+  weight gradient (`_kernel_grad`), tied together by custom derivative rules that hold to any
+  order (`_conv_s1`). Measured in launch/benchmark_conv.py and launch/benchmark.py.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
@@ -115,8 +115,9 @@ def _kernel_grad(x: jax.Array, dy: jax.Array, padding: int, kh: int, kw: int) ->
 
   Wide inputs take one matmul dy^T @ (x shifted by the tap) per kernel tap. One im2col matmul
   over a (B*H'*W', kh*kw*Cin) patch matrix does the same FLOPs, but XLA:CPU copies the patch
-  matrix twice (building it, then transposing it for the matmul) and that took longer than
-  the matmul (launch/benchmark_conv.py --kernel_grad). With few input channels the patch
+  matrix twice (building it, then transposing it for the matmul), and in the CIFAR-10 IPC 1
+  step the copies took three quarters of the matmul's time (launch/results/benchmark_cpu.md;
+  launch/benchmark_conv.py --kernel_grad compares both). With few input channels the patch
   matrix is small and one matmul beats kh*kw thin ones.
   """
   cin, cout = x.shape[-1], dy.shape[-1]
