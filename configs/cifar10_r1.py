@@ -26,7 +26,7 @@ def get_config():
   config.distill.log_every = 10
   config.clr.proj_hidden = 0  # Width-matched: hidden = feature width (512), then 128.
   # The committed R1 results (launch/results/cifar10_r1) came from commit 35c886d: before the
-  # CPU rewrite of convolutions, instance norm and pooling, with the evaluation seeds under
-  # vmap. Today's code computes the same functions with different float rounding, so a rerun
-  # will not repeat those numbers bit for bit (it has not been rerun); 35c886d repeats them.
+  # CPU rewrites of convolutions, instance norm and pooling, with the experts and evaluation
+  # seeds under vmap. Today's code computes the same functions with different float rounding,
+  # so a rerun will not repeat those numbers bit for bit (it has not been rerun); 35c886d does.
   return config
