@@ -75,12 +75,16 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, padding: int, stride: int = 1) ->
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _patches(x: jax.Array, kh: int, kw: int, padding: int, stride: int = 1) -> jax.Array:
-  """(B,H,W,C) -> (B,H',W',kh*kw*C): every kh x kw window, ordered (i, j, c)."""
+def _shifted(x: jax.Array, kh: int, kw: int, padding: int, stride: int = 1) -> list:
+  """(B,H,W,C) -> kh*kw views (B,H',W',C) of the padded input, one per kernel tap (i, j)."""
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-  return jnp.concatenate(
-      [xp[:, i:i + h:stride, j:j + w:stride, :] for i in range(kh) for j in range(kw)], axis=-1)
+  return [xp[:, i:i + h:stride, j:j + w:stride, :] for i in range(kh) for j in range(kw)]
+
+
+def _patches(x: jax.Array, kh: int, kw: int, padding: int, stride: int = 1) -> jax.Array:
+  """(B,H,W,C) -> (B,H',W',kh*kw*C): every kh x kw window, ordered (i, j, c)."""
+  return jnp.concatenate(_shifted(x, kh, kw, padding, stride), axis=-1)
 
 
 def _im2col(x: jax.Array, kernel: jax.Array, padding: int, stride: int = 1) -> jax.Array:
@@ -124,10 +128,7 @@ def _kernel_grad(x: jax.Array, dy: jax.Array, padding: int, kh: int, kw: int) ->
   if cin < _FOLD_BELOW_CIN:
     g = jnp.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, padding), dy)
     return g.reshape(kh, kw, cin, cout)
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  h, w = dy.shape[1:3]
-  taps = [jnp.einsum("bhwo,bhwc->oc", dy, xp[:, i:i + h, j:j + w, :])
-          for i in range(kh) for j in range(kw)]
+  taps = [jnp.einsum("bhwo,bhwc->oc", dy, xs) for xs in _shifted(x, kh, kw, padding)]
   return jnp.stack(taps).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
 
 
