@@ -318,6 +318,10 @@ def initial_synset(network: Network, x_train: np.ndarray, y_train: np.ndarray,
     raise DistillError(f"unknown distill.init {init!r}; use 'samples_predicted_correctly' or "
                        "'real'")
   rng = np.random.default_rng(seed)
+  if init == "samples_predicted_correctly":
+    # One pass over the whole training set, not one per class: the per-class pools differ in
+    # size, and each new shape would compile the forward pass again.
+    predicted = expert_logits(network, final_params[:1], x_train)[0].argmax(-1)
   chosen = []
   for c in range(num_classes):
     pool = np.flatnonzero(y_train == c)
@@ -326,7 +330,7 @@ def initial_synset(network: Network, x_train: np.ndarray, y_train: np.ndarray,
                          "lower distill.ipc")
     pool = rng.permutation(pool)
     if init == "samples_predicted_correctly":
-      pred = expert_logits(network, final_params[:1], x_train[pool])[0].argmax(-1)
+      pred = predicted[pool]
       good = pool[pred == c]
       if len(good) < ipc:
         logging.warning("class %d: expert 0 classifies only %d images correctly (< ipc %d); "

@@ -4,9 +4,10 @@ import dataclasses
 
 import jax
 import numpy as np
+import optax
 import pytest
 
-from datm_clr_jax import evaluate, models
+from datm_clr_jax import augment, evaluate, losses, models
 
 
 def _blobs(n_per_class, classes=3, shape=(8, 8, 3), seed=0):
@@ -42,6 +43,48 @@ def test_a_set_smaller_than_a_batch_is_one_batch_of_its_own_size():
   out = [evaluate.make_trainer(net, evaluate.EvalConfig(epochs=1, batch_size=b, strategy="flip"),
                                len(x), (8, 8, 3))(keys, x, probs, 0.01) for b in (6, 128)]
   jax.tree_util.tree_map(np.testing.assert_array_equal, *out)
+
+
+def _reference_training(net, cfg, key, x, probs, lr):
+  """The reference's evaluation loop written plainly: epochs + 1 epochs, and at epoch
+  epochs // 2 + 1 a new SGD optimiser (no momentum carried over) at a tenth of the rate."""
+  k_init, k_run = jax.random.split(key)
+  variables = net.init_variables(k_init, x.shape[1:])
+  k1, k2 = jax.random.split(k_run)
+  first = cfg.epochs // 2 + 1
+  n, batch = len(x), min(cfg.batch_size, len(x))
+
+  @jax.jit
+  def grad(params, xb, yb, k):
+    xb = augment.dsa(xb, k, cfg.strategy, cfg.dsa_mode)
+    return jax.grad(lambda p: losses.soft_cross_entropy(
+        net.module.apply({"params": p}, xb, train=True)[0], yb))(params)
+
+  params = variables["params"]
+  for phase_key, epochs, phase_lr in ((k1, first, lr), (k2, cfg.epochs + 1 - first, lr * 0.1)):
+    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(phase_lr, momentum=cfg.momentum))
+    opt_state = tx.init(params)
+    for k in jax.random.split(phase_key, epochs):
+      k_perm, k_aug = jax.random.split(k)
+      perm = np.asarray(jax.random.permutation(k_perm, n))
+      for idx, kb in zip(np.split(perm, range(batch, n, batch)),
+                         jax.random.split(k_aug, -(-n // batch))):
+        upd, opt_state = tx.update(grad(params, x[idx], probs[idx], kb), opt_state, params)
+        params = optax.apply_updates(params, upd)
+  return params
+
+
+def test_schedule_matches_a_plain_reference_loop():
+  x, y = _blobs(2)  # 6 images in batches of 4: a full batch, then a short one
+  probs = np.eye(3, dtype=np.float32)[y]
+  net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1)
+  cfg = dataclasses.replace(CFG, epochs=3)
+  key = jax.random.PRNGKey(0)
+  ours = evaluate.make_trainer(net, cfg, len(x), (8, 8, 3))(key[None], x, probs, 0.01)
+  ref = _reference_training(net, cfg, key, x, probs, 0.01)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6),
+                         ours["params"], ref)
 
 
 @pytest.mark.parametrize("per_seed_data", [False, True])
