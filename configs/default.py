@@ -73,6 +73,7 @@ def get_config():
   config.distill.init = "samples_predicted_correctly"  # | real.
   config.distill.num_experts = 0  # Experts to match against; 0: all trained.
   config.distill.remat = True  # Recompute each inner step but its gradient: memory ~flat in N.
+  config.distill.remat_convs = False  # Also keep conv outputs: faster, memory grows with N.
   config.distill.scan_unroll = 1  # lax.scan unroll factor of the inner loop.
   config.distill.select = "final"  # Which iteration to keep: final | val (best on held-out).
   config.distill.val_per_class = 50  # select=val: training images per class held out.

@@ -35,7 +35,7 @@ from absl import logging
 from jax.ad_checkpoint import checkpoint_name
 
 from datm_clr_jax import augment, checkpointing, losses, sharding
-from datm_clr_jax.models import Network, ProjectionHead
+from datm_clr_jax.models import CONV_INPUT_GRAD, CONV_OUTPUT, Network, ProjectionHead
 
 # Status codes returned by the step for each iteration.
 ACCEPTED, OVER_THRESHOLD, NON_FINITE, BAD_LR = 0, 1, 2, 3
@@ -94,6 +94,7 @@ class StepConfig:
   proj_dim: int = 128
   learn_labels: bool = True
   remat: bool = True
+  remat_convs: bool = False  # with remat, also keep the convolution outputs (memory ~N)
   unroll: int = 1
 
   @property
@@ -206,9 +207,12 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     if cfg.remat:
       # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
       # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
-      # rest of the backward pass needs only activations and their gradients.
-      inner = jax.checkpoint(
-          inner, policy=jax.checkpoint_policies.save_only_these_names("inner_grad"))
+      # rest of the backward pass needs only activations and their gradients. remat_convs
+      # also keeps the convolutions' outputs and input gradients (batch_syn * sum of H*W*C
+      # floats per step, so memory grows with N), sparing their recomputation too.
+      kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD)
+                                if cfg.remat_convs else ())
+      inner = jax.checkpoint(inner, policy=jax.checkpoint_policies.save_only_these_names(*kept))
     theta_n, cons = jax.lax.scan(inner, theta0, (idx, aug_keys), unroll=cfg.unroll)
     l_tm = losses.trajectory_loss(theta_n, theta0, target)
     l_con = jnp.mean(cons)

@@ -23,9 +23,16 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.flatten_util import ravel_pytree
 
 NORMS = ("instance", "batch", "none")
+
+# Names (jax.ad_checkpoint.checkpoint_name) of the convolution outputs and, under the hybrid
+# convolution, of the input gradients the student's backward pass computes: a remat policy
+# may keep them (distill.StepConfig.remat_convs) instead of recomputing the convolutions.
+CONV_OUTPUT = "conv_output"
+CONV_INPUT_GRAD = "conv_input_grad"
 
 
 def _torch_uniform(fan_in_axes: tuple[int, ...]) -> Callable:
@@ -165,7 +172,8 @@ def _conv_s1_fwd(x, kernel, padding):
 def _conv_s1_bwd(padding, res, dy):
   x, kernel = res
   kh, kw = kernel.shape[:2]
-  return _input_grad(dy, kernel, padding, x.shape), _kernel_grad(x, dy, padding, kh, kw)
+  dx = checkpoint_name(_input_grad(dy, kernel, padding, x.shape), CONV_INPUT_GRAD)
+  return dx, _kernel_grad(x, dy, padding, kh, kw)
 
 
 _conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
@@ -202,7 +210,7 @@ class TorchConv(nn.Module):
     y = conv2d(x, kernel.astype(x.dtype), self.padding, self.conv_impl, self.stride)
     if self.use_bias:
       y = y + self.param("bias", _torch_bias(fan_in), (self.features,)).astype(x.dtype)
-    return y
+    return checkpoint_name(y, CONV_OUTPUT)
 
 
 class TorchDense(nn.Module):

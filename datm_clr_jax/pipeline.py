@@ -67,6 +67,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "an outside set: use one of them"),
       (c.head == "learned" and c.strategy == "none",
        "clr.head='learned' has nothing to learn with clr.strategy='none'"),
+      (d.remat_convs and not d.remat,
+       "distill.remat_convs chooses what distill.remat keeps: it needs distill.remat=True"),
   ]
   for bad, message in incompatible:
     if bad:
@@ -251,7 +253,7 @@ class Run:
         clr_strategy=c.strategy, alpha=c.alpha, beta=c.beta, lam=c.lam, contrastive=c.loss,
         temperature=c.temperature, view_mode=c.view_mode, head=c.head,
         proj_hidden=c.proj_hidden, proj_dim=c.proj_dim, learn_labels=d.learn_labels,
-        remat=d.remat, unroll=d.scan_unroll)
+        remat=d.remat, remat_convs=d.remat_convs, unroll=d.scan_unroll)
     opt = distill.OuterOptim(lr_img=d.lr_img, lr_lr=d.lr_lr, lr_y=d.lr_y, lr_head=c.lr_head,
                              momentum_img=d.momentum_img, momentum_lr=d.momentum_lr,
                              momentum_y=d.momentum_y, momentum_head=c.momentum_head)

@@ -12,10 +12,11 @@ Sections (each prints a markdown table; --out also writes them to a file):
            images, label logits and syn_lr, and the SGD-momentum updates; no DSA, no
            contrastive term (PyTorch: flat functional parameters, create_graph=True, as
            MTT/DATM do). "datm-clr" rows are the full JAX step (DSA + SupCon Fusion), JAX only.
-           --remat=1,0 times the JAX step with and without per-step rematerialisation (PyTorch
-           keeps every step's graph: it never recomputes, and uses memory linear in N).
+           --remat=1,convs,0 times the JAX step with per-step rematerialisation, with remat
+           that also keeps the convolution outputs (distill.remat_convs), and without remat
+           (PyTorch keeps every step's graph: it never recomputes, and uses memory linear in N).
   memory   peak memory of the compiled DATM-CLR step (XLA's memory analysis) for N = 20/40/80,
-           with and without per-step rematerialisation.
+           for each --memory_remat mode (default: with and without remat).
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
   experts  expert-training throughput (images/s) with K experts in one compiled epoch (at once
            under vmap or in turn under lax.map: --expert_loops), against PyTorch training
@@ -128,7 +129,12 @@ class Torch:
 # ------------------------------------------------------------------------------- distillation
 
 
-def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat=True,
+# --remat / --memory_remat modes: (StepConfig fields, table label).
+REMAT_MODES = {"1": (dict(remat=True), "on"), "0": (dict(remat=False), "off"),
+               "convs": (dict(remat=True, remat_convs=True), "on, convs kept")}
+
+
+def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat="1",
                   unroll=1, conv_impl="auto"):
   """JAX network, jitted step, initial state and fake trajectories at one setting's shapes."""
   shape = (size, size, 3)
@@ -146,7 +152,7 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
       num_inner_steps=n_steps, expert_epochs=2, min_start_epoch=0, batch_syn=batch_syn,
       threshold=1e9, strategy=augment.DEFAULT_STRATEGY if full else "",
       dsa_mode="single" if full else "none", clr_strategy="fusion" if full else "none",
-      remat=remat, unroll=unroll)
+      unroll=unroll, **REMAT_MODES[remat][0])
   opt = distill.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
   feat = distill.feature_dim(net, shape)
   step = distill.make_distill_step(net, cfg, opt, np.repeat(np.arange(classes), ipc), feat)
@@ -231,21 +237,21 @@ def section_distill(a, tb):
     tt = tmem = None
     for remat in a.remat:
       net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                            full=False, unroll=a.unroll, remat=bool(remat),
+                                            full=False, unroll=a.unroll, remat=remat,
                                             conv_impl=a.conv_impl)
       c, t, mem = jax_distill(step, args, a.repeats)
       if tb and tt is None:  # PyTorch keeps every step's graph: it has no remat to vary.
         tt, tmem = torch_distill(tb, net, traj, classes, ipc, n_steps, batch_syn, a.size,
                                  a.repeats)
-      rows.append([name, "matched", "on" if remat else "off", n_steps, batch_syn, f"{c:.1f} s",
+      rows.append([name, "matched", REMAT_MODES[remat][1], n_steps, batch_syn, f"{c:.1f} s",
                    fmt_s(t), fmt_bytes(mem), fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
       print("  ", rows[-1], flush=True)
     if not a.skip_full:
       _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                       full=True, unroll=a.unroll, remat=bool(a.remat[0]),
+                                       full=True, unroll=a.unroll, remat=a.remat[0],
                                        conv_impl=a.conv_impl)
       c, t, mem = jax_distill(step, args, a.repeats)
-      rows.append([name, "datm-clr (JAX only)", "on" if a.remat[0] else "off", n_steps,
+      rows.append([name, "datm-clr (JAX only)", REMAT_MODES[a.remat[0]][1], n_steps,
                    batch_syn, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem), "-", "-", "-"])
       print("  ", rows[-1], flush=True)
   return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile", "JAX step",
@@ -258,16 +264,18 @@ def section_memory(a, tb):
     name, classes, ipc, _, batch_syn = setting(spec, False)
     for n_steps in a.memory_steps:
       mems = []
-      for remat in (True, False):
+      for remat in a.memory_remat:
         _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
                                          full=True, remat=remat, unroll=a.unroll)
         t0 = time.perf_counter()
         mems.append(compiled_peak(step.lower(*args).compile()))
         print(f"[memory] {name} N={n_steps} remat={remat}: {fmt_bytes(mems[-1])} "
               f"({time.perf_counter() - t0:.1f} s to compile)", flush=True)
-      rows.append([name, n_steps, fmt_bytes(mems[0]), fmt_bytes(mems[1]),
-                   "-" if None in mems else f"{mems[1] / mems[0]:.2f}x"])
-  return table(["setting", "N", "peak, remat on", "peak, remat off", "off/on"], rows)
+      ratios = ["-" if None in (m, mems[0]) else f"{m / mems[0]:.2f}x" for m in mems[1:]]
+      rows.append([name, n_steps, *map(fmt_bytes, mems), *ratios])
+  labels = [REMAT_MODES[m][1] for m in a.memory_remat]
+  return table(["setting", "N", *[f"peak, remat {l}" for l in labels],
+                *[f"{l} / {labels[0]}" for l in labels[1:]]], rows)
 
 
 def section_unroll(a, tb):
@@ -404,8 +412,10 @@ def main(argv=None):
   p.add_argument("--unroll_setting", default="c10_ipc1")
   p.add_argument("--unrolls", type=ints, default=[1, 2, 4, 8])
   p.add_argument("--unroll", type=int, default=1, help="scan unroll of the other sections")
-  p.add_argument("--remat", type=ints, default=[1],
-                 help="distill section: remat each inner step, 1/0; '1,0' times both")
+  p.add_argument("--remat", type=csv, default=["1"],
+                 help="distill section: remat modes, of " + ",".join(REMAT_MODES))
+  p.add_argument("--memory_remat", type=csv, default=["1", "0"],
+                 help="memory section: remat modes, the first is the reference column")
   p.add_argument("--conv_impl", default="auto",
                  help="auto | xla | im2col | hybrid (distill section)")
   p.add_argument("--expert_k", type=ints, default=[1, 2, 4, 8])
@@ -427,6 +437,9 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true", help="tiny shapes, for a smoke run")
   p.add_argument("--out", default="", help="also write the tables to this markdown file")
   a = p.parse_args(argv)
+  for mode in a.remat + a.memory_remat:
+    if mode not in REMAT_MODES:
+      p.error(f"unknown remat mode {mode!r}; use {', '.join(REMAT_MODES)}")
   if a.quick:
     a.width, a.size, a.repeats, a.expert_steps, a.eval_epochs = 8, 16, 1, 2, 2
     a.memory_settings, a.memory_steps, a.unrolls, a.expert_k = ["c10_ipc1"], [2, 4], [1, 2], [1, 2]

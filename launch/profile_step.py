@@ -56,10 +56,11 @@ def main():
   p.add_argument("--full", action="store_true", help="DATM-CLR step (DSA + contrastive)")
   p.add_argument("--conv_impl", default="auto")
   p.add_argument("--top", type=int, default=20)
+  p.add_argument("--remat", default="1", choices=list(benchmark.REMAT_MODES))
   a = p.parse_args()
   name, classes, ipc, n_steps, batch_syn = benchmark.setting(a.setting, quick=False)
   _, step, args, _ = benchmark.setup_distill(classes, ipc, n_steps, batch_syn, a.width, 32,
-                                             full=a.full, conv_impl=a.conv_impl)
+                                             full=a.full, conv_impl=a.conv_impl, remat=a.remat)
   compiled = step.lower(*args).compile()
   jax.block_until_ready(compiled(*args))
   with tempfile.TemporaryDirectory() as d:

@@ -14,8 +14,8 @@ SHAPE = (8, 8, 3)
 CLASSES = 4
 
 
-def _setup(dtype=jnp.float32, **overrides):
-  net = models.make_network("convnet", CLASSES, SHAPE, width=4, depth=1)
+def _setup(dtype=jnp.float32, depth=1, **overrides):
+  net = models.make_network("convnet", CLASSES, SHAPE, width=4, depth=depth)
   # Cheap DSA ops keep XLA compile times low; one scan test runs the full strategy.
   settings = dict(num_inner_steps=2, expert_epochs=1, min_start_epoch=0, batch_syn=4,
                   threshold=10.0, proj_dim=6, strategy="color_crop_flip")
@@ -76,13 +76,14 @@ def _python_loop_l_tm(net, cfg, images, labels, lr, theta0, target, key):
   return losses.trajectory_loss(theta, theta0, target)
 
 
-@pytest.mark.parametrize("remat,unroll,strategy", [
-    (True, 1, augment.DEFAULT_STRATEGY), (False, 1, "color_crop_flip"),
-    (True, 2, "color_crop_flip")])
-def test_scan_matches_python_loop(remat, unroll, strategy):
+@pytest.mark.parametrize("remat,unroll,strategy,extra", [
+    (True, 1, augment.DEFAULT_STRATEGY, {}), (False, 1, "color_crop_flip", {}),
+    (True, 2, "color_crop_flip", {}),
+    (True, 1, "color_crop_flip", dict(remat_convs=True, depth=2))])
+def test_scan_matches_python_loop(remat, unroll, strategy, extra):
   net, cfg, feat, images, labels, theta0, target = _setup(
       clr_strategy="none", remat=remat, unroll=unroll, num_inner_steps=3, batch_syn=2,
-      strategy=strategy)
+      strategy=strategy, **extra)
   loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
   key = jax.random.PRNGKey(3)
   lr = jnp.asarray(0.05)
@@ -98,6 +99,26 @@ def test_scan_matches_python_loop(remat, unroll, strategy):
   np.testing.assert_allclose(v1, v2, rtol=1e-5)
   np.testing.assert_allclose(g1[0], g2[0], rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(g1[1], g2[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("remat_convs", [False, True])
+def test_remat_keeps_what_its_policy_names(remat_convs):
+  """The forward sweep stacks, per inner step: theta and the inner gradient, and with
+  remat_convs each convolution's output and (layer 2) input gradient; nothing else."""
+  n, b = 3, 2
+  net, cfg, feat, images, labels, theta0, target = _setup(
+      clr_strategy="none", remat=True, remat_convs=remat_convs, num_inner_steps=n, batch_syn=b,
+      depth=2)
+  loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  key = jax.random.PRNGKey(3)
+  f = lambda im, r: loss_fn((im, labels, r, {}), theta0, target, key, key)[0]
+  jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(images, jnp.asarray(0.05))
+  forward = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
+  stacked = sorted(v.aval.shape for v in forward.outvars if v.aval.shape[:1] == (n,))
+  p = theta0.size
+  layer1, layer2 = (n, b, 8, 8, 4), (n, b, 4, 4, 4)  # conv outputs; layer 2's input is 4x4x4
+  expected = [(n,), (n, p), (n, p)] + ([layer2, layer2, layer1] if remat_convs else [])
+  assert stacked == sorted(expected)
 
 
 def test_fusion_leaves_the_datm_trajectory_untouched():

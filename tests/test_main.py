@@ -132,6 +132,10 @@ def test_incompatible_settings_are_named():
   config.distill.select, config.eval.synset = "val", "/x.npz"
   with pytest.raises(pipeline.ConfigError, match="distill.select.*eval.synset"):
     pipeline.validate_config(config)
+  config = tiny_config()
+  config.distill.remat, config.distill.remat_convs = False, True
+  with pytest.raises(pipeline.ConfigError, match="remat_convs.*distill.remat=True"):
+    pipeline.validate_config(config)
 
 
 def test_a_second_evaluation_adds_architectures_of_the_same_set(tmp_path):
