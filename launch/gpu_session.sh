@@ -35,7 +35,7 @@ T_BENCH=${T_BENCH:-170}
 SRC=${SRC:---config.data.source=image_folder:$(realpath "$DATA")}
 EXTRA=${EXTRA:-}              # more --config overrides (local smoke runs)
 R1_EXTRA=${R1_EXTRA:-}
-BENCH_ARGS=${BENCH_ARGS:---sections=distill,experts,eval,memory,unroll --settings=c10_ipc1,c10_ipc10,c10_ipc50,c100_ipc10 --expert_k=1,2,4,8,16,32 --eval_seeds=1,5,10 --memory_settings=c100_ipc10 --memory_steps=20,80 --unrolls=1,4 --repeats=5}
+BENCH_ARGS=${BENCH_ARGS:---sections=distill,experts,eval,memory,unroll --settings=c10_ipc1,c10_ipc10,c10_ipc50,c100_ipc10 --expert_k=1,2,4,8,16,32 --eval_seeds=1,5,10 --memory_settings=c100_ipc10 --memory_steps=20,80 --unrolls=1,4 --remat=1,convs --repeats=5}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
