@@ -208,8 +208,8 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
       # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
       # rest of the backward pass needs only activations and their gradients. remat_convs
-      # also keeps the convolutions' outputs and input gradients (batch_syn * sum of H*W*C
-      # floats per step, so memory grows with N), sparing their recomputation too.
+      # also keeps the convolutions' outputs and input gradients, sparing their recomputation
+      # for one step's activations (every image the step sees) held per step: memory ~N.
       kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD)
                                 if cfg.remat_convs else ())
       inner = jax.checkpoint(inner, policy=jax.checkpoint_policies.save_only_these_names(*kept))
