@@ -121,15 +121,8 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
     return variables
 
   data_axis = 0 if per_seed_data else None
-  if vmapped:
-    return jax.jit(jax.vmap(train_one, in_axes=(0, data_axis, data_axis, None)))
-
-  def train_in_turn(keys, x, y, lr):
-    if per_seed_data:
-      return jax.lax.map(lambda a: train_one(*a, lr), (keys, x, y))
-    return jax.lax.map(lambda k: train_one(k, x, y, lr), keys)
-
-  return jax.jit(train_in_turn)
+  return jax.jit(sharding.over_networks(train_one, "vmap" if vmapped else "map",
+                                        (0, data_axis, data_axis, None)))
 
 
 @functools.lru_cache(maxsize=16)

@@ -74,8 +74,6 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
   `loop` 'vmap' trains the K experts at once, 'map' one after another (same numbers up to
   float rounding).
   """
-  if loop not in ("vmap", "map"):
-    raise ValueError(f"expert loop must be 'vmap' or 'map' (resolve 'auto' first), got {loop!r}")
   if loop == "vmap":
     network = network.for_vmap()
   steps = num_train // batch_size
@@ -101,10 +99,7 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
     params, step_losses = jax.lax.scan(step, params, (order, jax.random.split(k_aug, steps)))
     return params, jnp.mean(step_losses)
 
-  if loop == "vmap":
-    return jax.jit(jax.vmap(one_expert, in_axes=(0, 0, None, None)))
-  return jax.jit(lambda params, keys, x, y: jax.lax.map(
-      lambda a: one_expert(*a, x, y), (params, keys)))
+  return jax.jit(sharding.over_networks(one_expert, loop, (0, 0, None, None)))
 
 
 def expert_path(root, k: int) -> Path:

@@ -38,6 +38,26 @@ def resolve_network_loop(loop: str, num_devices: int, field: str) -> str:
   return loop
 
 
+def over_networks(fn, loop: str, in_axes: tuple):
+  """fn of one network, applied to a group of independent ones: `loop` 'vmap' or 'map'.
+
+  in_axes: per positional argument, 0 (sliced along its leading axis, one slice per network)
+  or None (shared by all). 'map' runs the networks one after another under lax.map.
+  """
+  if loop == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+  if loop != "map":
+    raise ValueError(f"loop must be 'vmap' or 'map' (resolve 'auto' first), got {loop!r}")
+
+  def in_turn(*args):
+    def one(sliced):
+      it = iter(sliced)
+      return fn(*(next(it) if axis == 0 else a for a, axis in zip(args, in_axes)))
+    return jax.lax.map(one, tuple(a for a, axis in zip(args, in_axes) if axis == 0))
+
+  return in_turn
+
+
 def device_mesh(enabled: bool = True) -> Mesh | None:
   """A 1-D mesh over all devices, or None with a single device (or when disabled)."""
   devices = jax.devices()

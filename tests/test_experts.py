@@ -80,6 +80,6 @@ def test_expert_loops_agree(gsam):
   assert not np.allclose(out["map"][0], params, atol=1e-3)  # the epoch trained something
   np.testing.assert_allclose(out["map"][0], out["vmap"][0], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(out["map"][1], out["vmap"][1], rtol=1e-5)
-  with pytest.raises(ValueError, match="expert loop"):
+  with pytest.raises(ValueError, match="resolve 'auto' first"):
     experts.make_train_epoch(net, lr=0.05, batch_size=8, num_train=24, strategy="flip",
                              dsa_mode="single", loop="auto")
