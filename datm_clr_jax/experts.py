@@ -169,7 +169,7 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
   loop = sharding.resolve_network_loop(loop, 1 if mesh is None else mesh.size, "experts.loop")
   epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
                               strategy=strategy, dsa_mode=dsa_mode, gsam=gsam, loop=loop)
-  tester = evaluate.make_tester(network)
+  tester = evaluate.make_tester(network, loop)
 
   def acc_fn(params, x, y):  # flat (K, P) -> the variables pytree the tester expects
     return tester(jax.vmap(lambda p: {"params": network.unravel(p)})(params), x, y)

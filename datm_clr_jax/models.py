@@ -154,14 +154,23 @@ def _kernel_grad_bwd(padding, kh, kw, res, ct):
 _kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
 
 
+# XLA:CPU's convolution on tiny maps is pathological: 3x3, 512 -> 512 channels on 2x2 maps
+# (VGG11's last two layers at 32 px) took 7.1 s for 500 images where the im2col matmul took
+# 0.14 s; at 4x4 the two are within 1.3x either way (launch/benchmark_conv.py --tiny_maps).
+_IM2COL_MAX_PIXELS = 4
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_s1(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
   """Stride-1 convolution whose derivatives are again `_conv_s1` and `_kernel_grad`.
 
   So every derivative, of any order (trajectory matching differentiates the student's
   gradient), is either an XLA forward convolution or the weight-gradient matmuls, and
-  XLA:CPU's slow weight-gradient convolution never appears.
+  XLA:CPU's slow weight-gradient convolution never appears. Maps of at most
+  `_IM2COL_MAX_PIXELS` pixels take the im2col matmul instead of XLA's convolution.
   """
+  if x.shape[1] * x.shape[2] <= _IM2COL_MAX_PIXELS:
+    return _im2col(x, kernel, padding)
   return _xla_conv(x, kernel, padding)
 
 

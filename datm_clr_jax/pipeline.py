@@ -48,6 +48,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice(config.model.norm, NORMS, "model.norm")
   _choice(config.model.conv_impl, CONV_IMPLS, "model.conv_impl")
   for arch in config.eval.archs:
+    if "," in arch:  # The command line turns a comma-separated string into a one-item tuple.
+      raise ConfigError(f"config.eval.archs={arch!r}: give several architectures as a tuple, "
+                        "e.g. --config.eval.archs=\"('resnet18','vgg11')\"")
     _choice(arch, ARCHS, "eval.archs")
   _choice(config.dsa.mode, augment.MODES, "dsa.mode")
   _choice(config.eval.seed_loop, evaluate.SEED_LOOPS, "eval.seed_loop")

@@ -24,7 +24,12 @@ Sections (each prints a markdown table; --out also writes them to a file):
   eval     evaluation throughput: S seeds trained on the synthetic set in one compiled call
            (JAX, seeds under vmap or in turn under lax.map: --eval_loops) against S
            sequential PyTorch runs (SGD momentum + weight decay, no DSA in either;
-           --eval_dsa adds DSA to the JAX runs and drops PyTorch).
+           --eval_dsa adds DSA to the JAX runs and drops PyTorch). --eval_arch times another
+           network (models.ARCHS), JAX only.
+  test     the test-set pass after evaluation training: S networks' accuracy on
+           --test_images images (evaluate.make_tester, networks under vmap or in turn:
+           --eval_loops, --eval_seeds) for each of --test_archs, against S sequential PyTorch
+           ConvNet forward passes.
 
 Times are medians of --repeats calls after a warm-up call; "compile" is lowering plus XLA
 compilation of the jitted function. Ratios are PyTorch time / JAX time (> 1: JAX is faster).
@@ -351,7 +356,7 @@ def section_experts(a, tb):
 
 def section_eval(a, tb):
   shape = (a.size, a.size, 3)
-  net = make_network("convnet", 10, shape, width=a.width)
+  net = make_network(a.eval_arch, 10, shape, width=a.width)
   n = 10 * a.eval_ipc
   rng = np.random.default_rng(0)
   x = rng.standard_normal((n, *shape)).astype(np.float32)
@@ -365,7 +370,7 @@ def section_eval(a, tb):
   flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
   rows = []
   t_torch1 = None
-  if tb and not a.eval_dsa:  # the PyTorch loop has no DSA
+  if tb and not a.eval_dsa and a.eval_arch == "convnet":  # PyTorch: a DSA-free ConvNet loop
     xt = tb.torch.tensor(x.transpose(0, 3, 1, 2), device=tb.device)
     yt = tb.torch.tensor(labels.astype(np.int64), device=tb.device)
     t_torch1 = median_time(lambda: torch_train(
@@ -381,15 +386,54 @@ def section_eval(a, tb):
       c = time.perf_counter() - t0
       t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
       tt = None if t_torch1 is None else s * t_torch1
-      rows.append([s, loop, n, a.eval_epochs, a.width, f"{c:.1f} s", fmt_s(t), fmt_s(tt),
-                   ratio(tt, t)])
+      rows.append([s, loop, a.eval_arch, n, a.eval_epochs, a.width, f"{c:.1f} s", fmt_s(t),
+                   fmt_s(tt), ratio(tt, t)])
       print("[eval]", rows[-1], flush=True)
-  return table(["seeds", "seed loop", "images", "epochs", "width", "JAX compile", "JAX time",
-                "PyTorch time (sequential)", "PyTorch/JAX"], rows)
+  return table(["seeds", "seed loop", "network", "images", "epochs", "width", "JAX compile",
+                "JAX time", "PyTorch time (sequential)", "PyTorch/JAX"], rows)
+
+
+def section_test(a, tb):
+  """S trained networks' test accuracy over --test_images images (evaluate.make_tester)."""
+  shape = (a.size, a.size, 3)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((a.test_images, *shape)).astype(np.float32)
+  y = rng.integers(0, 10, a.test_images)
+  rows = []
+  for arch in a.test_archs:
+    net = make_network(arch, 10, shape, width=a.width)
+    t_torch1 = None
+    if tb and arch == "convnet":
+      flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
+      params = tb.tensors(net, flat)
+      xt = tb.torch.tensor(x.transpose(0, 3, 1, 2), device=tb.device)
+
+      def torch_test():
+        with tb.torch.no_grad():
+          for i in range(0, len(xt), 1000):
+            torch_io.torch_convnet(params, xt[i:i + 1000], depth=3)[0].argmax(-1)
+        tb.sync()
+
+      t_torch1 = median_time(torch_test, a.repeats)
+    for s in a.eval_seeds:
+      variables = jax.vmap(lambda k: net.init_variables(k, shape))(
+          jax.random.split(jax.random.PRNGKey(0), s))
+      for loop in a.eval_loops:
+        loop = evaluate.resolve_seed_loop(loop)
+        test = evaluate.make_tester(net, loop)
+        t0 = time.perf_counter()
+        test(variables, x, y)  # compiles (one shape per chunk size)
+        c = time.perf_counter() - t0
+        t = median_time(lambda: test(variables, x, y), a.repeats)
+        tt = None if t_torch1 is None else s * t_torch1
+        rows.append([s, loop, arch, a.test_images, fmt_s(c), fmt_s(t), fmt_s(tt), ratio(tt, t)])
+        print("[test]", rows[-1], flush=True)
+  return table(["networks", "loop", "network", "test images", "first call (compiles)",
+                "JAX time", "PyTorch time (sequential)", "PyTorch/JAX"], rows)
 
 
 SECTIONS = {"distill": section_distill, "memory": section_memory, "unroll": section_unroll,
-            "experts": section_experts, "eval": section_eval}
+            "experts": section_experts, "eval": section_eval, "test": section_test}
 
 
 def machine() -> str:
@@ -429,6 +473,11 @@ def main(argv=None):
                  help="evaluation seed loops to time: auto, vmap, map (evaluate.SEED_LOOPS)")
   p.add_argument("--eval_dsa", default="",
                  help="DSA strategy for the evaluation section ('' = none, as PyTorch's loop)")
+  p.add_argument("--eval_arch", default="convnet",
+                 help="eval section network (models.ARCHS; PyTorch column for convnet only)")
+  p.add_argument("--test_archs", type=csv, default=["convnet"],
+                 help="test section networks (PyTorch column for convnet only)")
+  p.add_argument("--test_images", type=int, default=10_000)
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--size", type=int, default=32)
   p.add_argument("--repeats", type=int, default=3)
@@ -442,6 +491,7 @@ def main(argv=None):
       p.error(f"unknown remat mode {mode!r}; use {', '.join(REMAT_MODES)}")
   if a.quick:
     a.width, a.size, a.repeats, a.expert_steps, a.eval_epochs = 8, 16, 1, 2, 2
+    a.test_images = 100
     a.memory_settings, a.memory_steps, a.unrolls, a.expert_k = ["c10_ipc1"], [2, 4], [1, 2], [1, 2]
     a.settings = [s for s in a.settings if s.partition(":")[0] in QUICK]
   tb = None

@@ -4,6 +4,7 @@
   python launch/benchmark_conv.py --vs_torch  # matmul and a conv layer, JAX beside PyTorch
   python launch/benchmark_conv.py --norm      # instance norm: Flax GroupNorm(C) vs ours
   python launch/benchmark_conv.py --kernel_grad  # weight gradient: im2col vs one matmul per tap
+  python launch/benchmark_conv.py --tiny_maps  # forward conv on 1x1 .. 8x8 maps (VGG11's tail)
 
 Prints one table: compile time and steady-state time per call of a conv weight-gradient,
 alone and inside an 8-step fori_loop, for each models.CONV_IMPLS entry, side by side, with
@@ -119,6 +120,43 @@ def kernel_grad():
           f"{t_im / t_kg:6.2f}x")
 
 
+def tiny_maps():
+  """Forward 3x3 convolutions as VGG11 and ResNet18 meet them at 32 px, down to 1x1 maps.
+
+  XLA:CPU's convolution is far slower than the im2col matmul on the smallest maps, so the
+  hybrid conv takes im2col there (models._IM2COL_MAX_PIXELS); this table is the measurement
+  behind that threshold. PyTorch's convolution beside them when torch is installed.
+  """
+  # pylint: disable=protected-access
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    torch = None
+  print(f"backend: {jax.default_backend()}; threshold: maps of <= "
+        f"{models._IM2COL_MAX_PIXELS} pixels take im2col under 'hybrid'")
+  print(f"{'batch':>5s} {'map':>5s} {'Cin->Cout':>10s} {'xla ms':>9s} {'im2col ms':>10s} "
+        f"{'hybrid ms':>10s} {'xla/im2col':>11s} {'PyTorch ms':>11s}")
+  for b in (500, 10):
+    for hw, cin, cout in [(1, 512, 512), (2, 512, 512), (4, 512, 512), (4, 256, 512),
+                          (8, 256, 256), (8, 128, 256)]:
+      x = jax.random.normal(jax.random.PRNGKey(0), (b, hw, hw, cin))
+      w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout)) * 0.01
+      t = {impl: _per_call(lambda x, w, impl=impl: models.conv2d(x, w, 1, impl), x, w, reps=3)
+           for impl in ("xla", "im2col", "hybrid")}
+      pt = "-"
+      if torch is not None:
+        xt, wt = torch.randn(b, cin, hw, hw), torch.randn(cout, cin, 3, 3) * 0.01
+        with torch.no_grad():
+          torch.nn.functional.conv2d(xt, wt, padding=1)
+          t0 = time.perf_counter()
+          for _ in range(3):
+            torch.nn.functional.conv2d(xt, wt, padding=1)
+        pt = f"{(time.perf_counter() - t0) / 3 * 1e3:.2f}"
+      print(f"{b:5d} {f'{hw}x{hw}':>5s} {f'{cin}->{cout}':>10s} {t['xla'] * 1e3:9.2f} "
+            f"{t['im2col'] * 1e3:10.2f} {t['hybrid'] * 1e3:10.2f} "
+            f"{t['xla'] / t['im2col']:10.2f}x {pt:>11s}")
+
+
 def norm():
   """Instance norm at CIFAR-10 IPC 10's first-layer shape: Flax's GroupNorm(C) vs ours.
 
@@ -169,5 +207,7 @@ if __name__ == "__main__":
     norm()
   elif "--kernel_grad" in sys.argv:
     kernel_grad()
+  elif "--tiny_maps" in sys.argv:
+    tiny_maps()
   else:
     main()

@@ -125,6 +125,23 @@ def test_batch_norm_network_evaluates_with_running_statistics():
   assert acc.shape == (1,) and 0 <= acc[0] <= 1
 
 
+@pytest.mark.parametrize("loop", ["vmap", "map"])
+def test_tester_counts_like_a_direct_loop(loop):
+  """Networks counted one by one with plain argmax; 11 images in chunks that leave one over."""
+  x, y = _blobs(4)
+  x, y = x[:11], y[:11]
+  net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1, conv_impl="hybrid")
+  variables = [net.init_variables(jax.random.PRNGKey(s), (8, 8, 3)) for s in range(3)]
+  # The last image, in the short last chunk, counts: network 0 classifies it "correctly".
+  y[-1] = np.argmax(net.module.apply(variables[0], x[-1:], train=False)[0])
+  want = [float(np.mean(np.argmax(net.module.apply(v, x, train=False)[0], -1) == y))
+          for v in variables]
+  assert len(set(want)) > 1  # the networks differ, so a mix-up would show
+  stacked = jax.tree_util.tree_map(lambda *a: np.stack(a), *variables)
+  got = evaluate.make_tester(net, loop, chunk=7)(stacked, x, y)  # map: 7+4, vmap: 5x2+1
+  np.testing.assert_allclose(got, want)
+
+
 def test_bad_inputs():
   x, y = _blobs(1)
   net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1)

@@ -119,7 +119,8 @@ def test_incompatible_settings_are_named():
     pipeline.validate_config(config)
   for field, value, message in [("experts.optimizer", "adam", "experts.optimizer"),
                                 ("experts.save_epochs", 9, "save_epochs"),
-                                ("distill.select", "test", "distill.select")]:
+                                ("distill.select", "test", "distill.select"),
+                                ("eval.archs", ("resnet18,vgg11",), "as a tuple")]:
     config = tiny_config()
     config[field.split(".")[0]][field.split(".")[1]] = value
     with pytest.raises(pipeline.ConfigError, match=message):

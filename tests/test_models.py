@@ -59,17 +59,19 @@ def test_im2col_matches_xla_conv():
   np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("cin,k,pad", [(3, 3, 1), (20, 3, 1), (16, 1, 0), (18, 5, 2)])
-def test_hybrid_conv_derivatives_match_xla_to_second_order(cin, k, pad):
+@pytest.mark.parametrize("cin,k,pad,size", [(3, 3, 1, 8), (20, 3, 1, 8), (16, 1, 0, 8),
+                                             (18, 5, 2, 8), (20, 3, 1, 2)])
+def test_hybrid_conv_derivatives_match_xla_to_second_order(cin, k, pad, size):
   """The hybrid conv's hand-written VJPs against JAX's own derivatives of XLA's conv.
 
   Second order as trajectory matching uses it: the gradient of a function of the gradient.
   Both paths of each gradient are covered: cin 3 folds dy @ W^T and takes one im2col matmul
-  for the weight gradient, cin >= 16 a flipped convolution and one matmul per kernel tap.
+  for the weight gradient, cin >= 16 a flipped convolution and one matmul per kernel tap;
+  2x2 maps take im2col for the forward convolution and the input gradient.
   """
   with jax.enable_x64(True):
     kx, kw = jax.random.split(jax.random.PRNGKey(cin))
-    x = jax.random.normal(kx, (2, 8, 8, cin), jnp.float64)
+    x = jax.random.normal(kx, (2, size, size, cin), jnp.float64)
     w = 0.3 * jax.random.normal(kw, (k, k, cin, 7), jnp.float64)
 
     def results(impl):
@@ -84,6 +86,17 @@ def test_hybrid_conv_derivatives_match_xla_to_second_order(cin, k, pad):
     want, got = results("xla"), results("hybrid")
     for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
       np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("size,xla_convs", [(2, 0), (3, 1)])
+def test_hybrid_conv_takes_im2col_on_tiny_maps(size, xla_convs):
+  """XLA:CPU's convolution is ~50x slower than a matmul on 2x2 maps (benchmark_conv.py)."""
+  x, w = jnp.ones((2, size, size, 16)), jnp.ones((3, 3, 16, 8))
+  jaxpr = str(jax.make_jaxpr(lambda x, w: models.conv2d(x, w, 1, "hybrid"))(x, w))
+  assert jaxpr.count("conv_general_dilated") == xla_convs
+  grads = str(jax.make_jaxpr(jax.grad(
+      lambda x, w: jnp.sum(models.conv2d(x, w, 1, "hybrid") ** 2), (0, 1)))(x, w))
+  assert grads.count("conv_general_dilated") == 2 * xla_convs  # forward and input gradient
 
 
 def test_for_vmap_uses_im2col_with_the_same_numbers():
