@@ -131,9 +131,9 @@ def make_tester(network: Network, loop: str = "vmap", chunk: int = 1000):
 
   `loop` ('vmap' or 'map', resolved) runs the S networks side by side or in turn, as they
   were trained. On one CPU device 'map' keeps the network's own convolutions, which tested
-  2-2.7x faster than vmap's im2col (launch/results/eval_seed_loop.md). Under 'vmap' each call
-  takes chunk // S images per network, so memory does not grow with S: with 1000 images each,
-  AlexNet's im2col patches for 5 seeds asked for 33 GB.
+  1.97x-2.70x faster than vmap's im2col (launch/results/cross_arch_cpu.md). Under 'vmap'
+  each call takes chunk // S images per network, so memory does not grow with S: with 1000
+  images each, AlexNet's im2col patches for 5 seeds asked for 33 GB.
   """
   if loop == "vmap":
     network = network.for_vmap()

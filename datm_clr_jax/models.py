@@ -156,7 +156,7 @@ _kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
 
 # XLA:CPU's convolution on tiny maps is pathological: 3x3, 512 -> 512 channels on 2x2 maps
 # (VGG11's last two layers at 32 px) took 7.1 s for 500 images where the im2col matmul took
-# 0.14 s; at 4x4 the two are within 1.3x either way (launch/benchmark_conv.py --tiny_maps).
+# 0.14 s; at 4x4 the two are within 1.4x either way (launch/benchmark_conv.py --tiny_maps).
 _IM2COL_MAX_PIXELS = 4
 
 

@@ -477,7 +477,7 @@ def main(argv=None):
                  help="eval section network (models.ARCHS; PyTorch column for convnet only)")
   p.add_argument("--test_archs", type=csv, default=["convnet"],
                  help="test section networks (PyTorch column for convnet only)")
-  p.add_argument("--test_images", type=int, default=10_000)
+  p.add_argument("--test_images", type=int, default=2000)
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--size", type=int, default=32)
   p.add_argument("--repeats", type=int, default=3)
