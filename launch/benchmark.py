@@ -78,18 +78,33 @@ def median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
+OOM = "out of memory"  # a cell whose run did not fit in the device's memory
+
+
+def is_oom(e: Exception) -> bool:
+  """PyTorch's OutOfMemoryError, XLA's RESOURCE_EXHAUSTED, or a host allocation failure."""
+  text = str(e)
+  return "out of memory" in text.lower() or "RESOURCE_EXHAUSTED" in text
+
+
 def fmt_bytes(n) -> str:
   return "-" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
 def fmt_s(t) -> str:
-  if t is None:
-    return "-"
+  if t is None or t == OOM:
+    return t or "-"
   return f"{t * 1e3:,.1f} ms" if t < 10 else f"{t:,.1f} s"
 
 
+def fmt_compile(c) -> str:
+  return "-" if c is None else f"{c:.1f} s"
+
+
 def ratio(t_torch, t_jax) -> str:
-  return "-" if t_torch is None or t_jax is None else f"{t_torch / t_jax:.2f}x"
+  if t_torch is None or t_jax is None or OOM in (t_torch, t_jax):
+    return "-"
+  return f"{t_torch / t_jax:.2f}x"
 
 
 def table(header, rows) -> str:
@@ -227,6 +242,32 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, 
   return t, tb.peak()
 
 
+def jax_distill_or_oom(step, args, repeats):
+  """jax_distill, or (None, OOM, None) when the step does not fit."""
+  try:
+    return jax_distill(step, args, repeats)
+  except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into a table cell
+    if not is_oom(e):
+      raise
+    print(f"   JAX step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
+    return None, OOM, None
+
+
+def torch_distill_or_oom(tb: Torch, *args):
+  """torch_distill, or (OOM, peak reached) when PyTorch runs out of device memory (the
+  reference keeps all N steps' graphs, so large synthetic minibatches can exceed one GPU)."""
+  try:
+    return torch_distill(tb, *args)
+  except Exception as e:  # noqa: BLE001
+    if not is_oom(e):
+      raise
+    print(f"   PyTorch step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
+    peak = tb.peak()
+    if tb.device == "cuda":
+      tb.torch.cuda.empty_cache()
+    return OOM, peak
+
+
 def setting(spec: str, quick: bool):
   """'c10_ipc10' or 'c10_ipc10:10' (N overridden, e.g. to fit a CPU's time) -> its shapes."""
   name, _, n = spec.partition(":")
@@ -244,20 +285,20 @@ def section_distill(a, tb):
       net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
                                             full=False, unroll=a.unroll, remat=remat,
                                             conv_impl=a.conv_impl)
-      c, t, mem = jax_distill(step, args, a.repeats)
+      c, t, mem = jax_distill_or_oom(step, args, a.repeats)
       if tb and tt is None:  # PyTorch keeps every step's graph: it has no remat to vary.
-        tt, tmem = torch_distill(tb, net, traj, classes, ipc, n_steps, batch_syn, a.size,
-                                 a.repeats)
-      rows.append([name, "matched", REMAT_MODES[remat][1], n_steps, batch_syn, f"{c:.1f} s",
+        tt, tmem = torch_distill_or_oom(tb, net, traj, classes, ipc, n_steps, batch_syn,
+                                        a.size, a.repeats)
+      rows.append([name, "matched", REMAT_MODES[remat][1], n_steps, batch_syn, fmt_compile(c),
                    fmt_s(t), fmt_bytes(mem), fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
       print("  ", rows[-1], flush=True)
     if not a.skip_full:
       _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
                                        full=True, unroll=a.unroll, remat=a.remat[0],
                                        conv_impl=a.conv_impl)
-      c, t, mem = jax_distill(step, args, a.repeats)
+      c, t, mem = jax_distill_or_oom(step, args, a.repeats)
       rows.append([name, "datm-clr (JAX only)", REMAT_MODES[a.remat[0]][1], n_steps,
-                   batch_syn, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem), "-", "-", "-"])
+                   batch_syn, fmt_compile(c), fmt_s(t), fmt_bytes(mem), "-", "-", "-"])
       print("  ", rows[-1], flush=True)
   return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile", "JAX step",
                 "JAX peak (XLA)", "PyTorch step", "PyTorch peak", "PyTorch/JAX"], rows)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One GPU session, every phase under its own time limit (a lent device gives ~10 minutes):
-#   1. protocol R1's experts (SPEC §10: 5 x 8 epochs, width 32) for the CPU reproduction;
+#   1. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side (its tables
+#      are written section by section, so a phase cut by its limit keeps what it finished);
 #   2. the full CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128) cut to fit: EXPERTS
 #      experts of EXPERT_EPOCHS epochs (IPC 1 reads snapshots 0..6 only, so 6 epochs lose
 #      nothing but the expert-0 init and labels are taken from epoch 6 instead of 50), as many
 #      distillation iterations as T_DISTILL seconds allow (killed with SIGINT, then evaluated
 #      from the last checkpoint), the 5-seed ConvNet evaluation of 1000 epochs;
-#   3. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side.
+#   3. protocol R1's experts (SPEC §10: 5 x 8 epochs, width 32), only when T_R1 > 0 (the R1
+#      reproduction has its experts from the CPU, so the default skips this).
+# A phase whose limit is 0 is skipped. The session stops at once when JAX sees no GPU.
 # Usage: OUT=<dir> DATA=<cifar10-jpeg.zip> bash launch/gpu_session.sh
 # On the lent device (no registry there; ml_collections is missing from its image), the data
 # and the wheel travel in an ignored folder of the repo:
@@ -15,8 +18,8 @@
 #          echo /.gpu_carry/ >> .git/info/exclude
 #   run (carry [".gpu_carry"], timeout 600):
 #          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
-#          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip T_R1=140 \
-#          T_EXPERTS=110 T_DISTILL=110 T_EVAL=80 T_BENCH=135 timeout 590 bash launch/gpu_session.sh
+#          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip \
+#          timeout 580 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
 # benchmark_gpu.md, c10_ipc1_results.json, c10_ipc1_metrics.jsonl, syn_images.png, outputs.tar
 set -uo pipefail
@@ -27,15 +30,15 @@ DATA=${DATA:-../shared/data/cifar10-jpeg.zip}
 ROOT=${ROOT:-checkpoints/gpu}
 EXPERTS=${EXPERTS:-10}
 EXPERT_EPOCHS=${EXPERT_EPOCHS:-6}
-T_R1=${T_R1:-150}
-T_EXPERTS=${T_EXPERTS:-150}
-T_DISTILL=${T_DISTILL:-150}
-T_EVAL=${T_EVAL:-120}
-T_BENCH=${T_BENCH:-170}
+T_BENCH=${T_BENCH:-230}
+T_EXPERTS=${T_EXPERTS:-90}
+T_DISTILL=${T_DISTILL:-120}
+T_EVAL=${T_EVAL:-80}
+T_R1=${T_R1:-0}
 SRC=${SRC:---config.data.source=image_folder:$(realpath "$DATA")}
 EXTRA=${EXTRA:-}              # more --config overrides (local smoke runs)
 R1_EXTRA=${R1_EXTRA:-}
-BENCH_ARGS=${BENCH_ARGS:---sections=distill,experts,eval,memory,unroll --settings=c10_ipc1,c10_ipc10,c10_ipc50,c100_ipc10 --expert_k=1,2,4,8,16,32 --eval_seeds=1,5,10 --memory_settings=c100_ipc10 --memory_steps=20,80 --unrolls=1,4 --remat=1,convs --repeats=5}
+BENCH_ARGS=${BENCH_ARGS:---sections=distill,experts,memory,eval,test,unroll --settings=c10_ipc1,c10_ipc10,c10_ipc50,c100_ipc10 --expert_k=1,2,4,8,16,32 --eval_seeds=1,5,10 --memory_settings=c100_ipc10 --memory_steps=20,40,80 --unrolls=1,4 --remat=1,convs --repeats=3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
@@ -43,6 +46,7 @@ LOG="$OUT/session.log"
 phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and seconds
   local name=$1 limit=$2 t0 rc
   shift 2
+  [ "$limit" -gt 0 ] || return 0
   t0=$(date +%s)
   echo "=== $name (limit ${limit}s) $(date -u +%T): $*" >> "$LOG"
   timeout -s INT -k 15 "$limit" "$@" >> "$LOG" 2>&1
@@ -53,18 +57,26 @@ phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
     || echo "no nvidia-smi"; $PY -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
   >> "$OUT/phases.txt" 2>&1
+if [ -z "${ALLOW_CPU:-}" ] && ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"
+then
+  echo "JAX sees no GPU: stopping (ALLOW_CPU=1 runs the phases anyway)" | tee -a "$OUT/phases.txt"
+  exit 1
+fi
+$PY -c "import datm_clr_jax.pipeline, flax, optax, orbax.checkpoint as ocp, ml_collections
+print('flax', flax.__version__, 'optax', optax.__version__)" >> "$OUT/phases.txt" 2>&1 || {
+  echo "the package does not import: stopping" | tee -a "$OUT/phases.txt"; exit 1; }
 M="$PY -m datm_clr_jax"
 C10="--config=configs/cifar10_ipc1.py --workdir=$ROOT/c10_ipc1 $SRC --config.data.cache_dir=$ROOT/cache"
 
-phase r1_experts "$T_R1" $M --config=configs/cifar10_r1.py --workdir="$ROOT/r1" --mode=experts \
-  $SRC --config.data.cache_dir="$ROOT/cache" $R1_EXTRA
+phase benchmark "$T_BENCH" $PY launch/benchmark.py $BENCH_ARGS --out "$OUT/benchmark_gpu.md"
 phase c10_experts "$T_EXPERTS" $M $C10 --mode=experts --config.experts.num_experts="$EXPERTS" \
   --config.experts.epochs="$EXPERT_EPOCHS" --config.experts.parallel=5 $EXTRA
 phase c10_distill "$T_DISTILL" $M $C10 --mode=distill --config.experts.num_experts="$EXPERTS" \
   --config.experts.epochs="$EXPERT_EPOCHS" --config.distill.checkpoint_every=50 $EXTRA
 phase c10_evaluate "$T_EVAL" $M $C10 --mode=evaluate --config.experts.num_experts="$EXPERTS" \
   --config.experts.epochs="$EXPERT_EPOCHS" $EXTRA
-phase benchmark "$T_BENCH" $PY launch/benchmark.py $BENCH_ARGS --out "$OUT/benchmark_gpu.md"
+phase r1_experts "$T_R1" $M --config=configs/cifar10_r1.py --workdir="$ROOT/r1" --mode=experts \
+  $SRC --config.data.cache_dir="$ROOT/cache" $R1_EXTRA
 
 W="$ROOT/c10_ipc1"
 cp "$W/results.json" "$OUT/c10_ipc1_results.json" 2>/dev/null
