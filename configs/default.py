@@ -45,7 +45,7 @@ def get_config():
   config.experts.gsam_adaptive = True  # Perturbation scaled by |w| (FTD's value).
   config.experts.save_epochs = 0  # Store snapshots 0..save_epochs only; 0 stores all.
   config.experts.parallel = 10  # Experts per compiled epoch (one group).
-  config.experts.loop = "auto"  # vmap (at once) | map (in turn) | auto: map on one CPU device.
+  config.experts.loop = "auto"  # vmap (at once) | map (in turn) | auto: map on one device.
   config.experts.seed = 0  # Separate from config.seed so distillation seeds share experts.
   config.experts.dir = ""  # Where trajectories live; empty: <workdir>/experts.
   config.experts.import_dir = ""  # --mode=experts imports replay_buffer_<k>.pt from here.
@@ -103,7 +103,7 @@ def get_config():
   config.eval.batch_size = 128  # Minibatch (DATM: 128).
   config.eval.momentum = 0.9
   config.eval.weight_decay = 5e-4
-  config.eval.seed_loop = "auto"  # vmap | map (seeds in turn) | auto: map on one CPU device.
+  config.eval.seed_loop = "auto"  # vmap | map (seeds in turn) | auto: map on one device.
   config.eval.random_real = True  # Also evaluate random real images (same IPC, hard labels).
   config.eval.random_real_lr = 0.01  # Learning rate of the random-real baseline.
   config.eval.synset = ""  # Evaluate this set instead: export/syn_set.npz or a reference folder.

@@ -6,9 +6,10 @@ learned syn_lr for the first `epochs // 2 + 1` epochs and a tenth of it (with fr
 as the reference re-creates its optimiser) for the remaining `epochs - epochs // 2`, so
 `epochs + 1` epochs in all like the reference loop. Every minibatch is augmented with DSA and
 the loss is cross-entropy against the label distribution. All seeds train in one compiled
-function: under `jax.vmap` (seed_loop 'vmap', the default off CPU and across devices) or one
-after another under `lax.map` ('map', the default on one CPU device, where batching the seeds'
-convolutions made training slower than running them in turn: launch/results/eval_seed_loop.md).
+function: under `jax.vmap` (seed_loop 'vmap', the default across devices) or one after
+another under `lax.map` ('map', the default on one device, where batching the seeds'
+convolutions made training slower than running them in turn: launch/results/eval_seed_loop.md
+on the CPU, launch/results/benchmark_gpu.md on an H200).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ SEED_LOOPS = sharding.NETWORK_LOOPS
 
 
 def resolve_seed_loop(seed_loop: str, num_devices: int = 1) -> str:
-  """'auto' -> 'map' on a single CPU device, else 'vmap' (seeds sharded over devices need it)."""
+  """'auto' -> 'map' on a single device, else 'vmap' (seeds sharded over devices need it)."""
   return sharding.resolve_network_loop(seed_loop, num_devices, "eval seed_loop")
 
 

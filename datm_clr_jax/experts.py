@@ -2,9 +2,10 @@
 
 A trajectory is an array of shape (epochs + 1, P): the flat parameters at initialisation and
 after every epoch (SPEC §4). Experts are independent, so one compiled epoch updates every
-expert of a group: all at once under `jax.vmap` (loop 'vmap', the default off CPU and across
-devices) or one after another under `lax.map` ('map', the default on one CPU device, where
-the batched convolutions were slower than the experts in turn: launch/results/benchmark_cpu.md).
+expert of a group: all at once under `jax.vmap` (loop 'vmap', the default across devices) or
+one after another under `lax.map` ('map', the default on one device, where the batched
+convolutions were slower than the experts in turn: launch/results/benchmark_cpu.md on the CPU,
+launch/results/benchmark_gpu.md on an H200).
 
 On disk (orbax, through `checkpointing`):
   experts/meta.json              num_params, epochs, and what the experts were trained on

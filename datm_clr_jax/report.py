@@ -40,7 +40,8 @@ PAPER_STRATEGY = {  # (strategy, views) -> C10 IPC1, C10 IPC10, C100 IPC1
     ("update", "single"): (44.92, 66.22, 24.92), ("update", "multiple"): (46.72, 67.70, 26.23),
     ("fusion", "single"): (48.25, 68.24, 27.60), ("fusion", "multiple"): (53.00, 70.23, 28.74)}
 METHOD_NAMES = {"random_real": "Random real", "datm": "DATM", "datm_clr": "DATM-CLR"}
-FULL = {"width": 128, "iterations": 10000, "eval_epochs": 1000, "num_experts": 100}
+FULL = {"width": 128, "iterations": 10000, "eval_epochs": 1000, "num_experts": 100,
+        "expert_epochs_trained": 50}
 
 
 def dataset_key(source: str, num_classes: int | None) -> str:
@@ -61,7 +62,8 @@ def protocol_label(r: dict) -> str:
   width = p.get("model", {}).get("width")
   if width is not None and width != FULL["width"]:
     diffs.append(f"width {width}")
-  for key, name in (("num_experts", "experts"), ("eval_epochs", "eval epochs")):
+  for key, name in (("num_experts", "experts"), ("expert_epochs_trained", "expert epochs"),
+                    ("eval_epochs", "eval epochs")):
     if p.get(key) is not None and p[key] < FULL[key]:
       diffs.append(f"{p[key]} {name}")
   done = p.get("distill_iterations")

@@ -25,16 +25,17 @@ NETWORK_LOOPS = ("auto", "vmap", "map")
 
 
 def resolve_network_loop(loop: str, num_devices: int, field: str) -> str:
-  """'auto' -> 'map' on a single CPU device, else 'vmap' (sharding over devices needs it).
+  """'auto' -> 'map' on a single device, else 'vmap' (sharding over devices needs it).
 
-  On a CPU the networks' batched convolutions were slower than the same networks in turn
-  (launch/results/eval_seed_loop.md, launch/results/benchmark_cpu.md). `field` names the
-  config field in the error.
+  Batched convolutions (vmap over networks) were slower than the same networks in turn on
+  the CPU (launch/results/eval_seed_loop.md, launch/results/benchmark_cpu.md), and on an
+  H200 two vmapped ConvNets took longer than eight times one (launch/results/benchmark_gpu.md).
+  `field` names the config field in the error.
   """
   if loop not in NETWORK_LOOPS:
     raise ValueError(f"{field} must be one of {NETWORK_LOOPS}, got {loop!r}")
   if loop == "auto":
-    return "map" if jax.default_backend() == "cpu" and num_devices == 1 else "vmap"
+    return "map" if num_devices == 1 else "vmap"
   return loop
 
 

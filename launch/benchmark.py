@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import platform
 import statistics
@@ -140,6 +141,13 @@ class Torch:
 
   def peak(self):
     return self.torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
+  def release(self):
+    """Hands PyTorch's cached device memory back, so that the JAX rows that follow are not
+    starved (one process holds both; PyTorch's step can cache over 100 GiB)."""
+    if self.device == "cuda":
+      gc.collect()
+      self.torch.cuda.empty_cache()
 
   def tensors(self, network, flat):
     return [self.torch.tensor(a, device=self.device) for a in
@@ -256,16 +264,16 @@ def jax_distill_or_oom(step, args, repeats):
 def torch_distill_or_oom(tb: Torch, *args):
   """torch_distill, or (OOM, peak reached) when PyTorch runs out of device memory (the
   reference keeps all N steps' graphs, so large synthetic minibatches can exceed one GPU)."""
+  result = None
   try:
-    return torch_distill(tb, *args)
+    result = torch_distill(tb, *args)
   except Exception as e:  # noqa: BLE001
     if not is_oom(e):
       raise
     print(f"   PyTorch step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
-    peak = tb.peak()
-    if tb.device == "cuda":
-      tb.torch.cuda.empty_cache()
-    return OOM, peak
+  # Outside the handler: the exception's traceback holds the step's tensors until then.
+  tb.release()
+  return result or (OOM, tb.peak())
 
 
 def setting(spec: str, quick: bool):
@@ -421,13 +429,15 @@ def section_eval(a, tb):
     keys = jax.random.split(jax.random.PRNGKey(0), s)
     args = (keys, jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01))
     for loop in a.eval_loops:
+      resolved = evaluate.resolve_seed_loop(loop)
       trainer = evaluate.make_trainer(net, dataclasses.replace(cfg, seed_loop=loop), n, shape)
       t0 = time.perf_counter()
       compiled = trainer.lower(*args).compile()
       c = time.perf_counter() - t0
       t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
       tt = None if t_torch1 is None else s * t_torch1
-      rows.append([s, loop, a.eval_arch, n, a.eval_epochs, a.width, f"{c:.1f} s", fmt_s(t),
+      label = loop if loop == resolved else f"{loop} ({resolved})"
+      rows.append([s, label, a.eval_arch, n, a.eval_epochs, a.width, f"{c:.1f} s", fmt_s(t),
                    fmt_s(tt), ratio(tt, t)])
       print("[eval]", rows[-1], flush=True)
   return table(["seeds", "seed loop", "network", "images", "epochs", "width", "JAX compile",

@@ -38,7 +38,10 @@ T_R1=${T_R1:-0}
 SRC=${SRC:---config.data.source=image_folder:$(realpath "$DATA")}
 EXTRA=${EXTRA:-}              # more --config overrides (local smoke runs)
 R1_EXTRA=${R1_EXTRA:-}
-BENCH_ARGS=${BENCH_ARGS:---sections=distill,experts,memory,eval,test,unroll --settings=c10_ipc1,c10_ipc10,c10_ipc50,c100_ipc10 --expert_k=1,2,4,8,16,32 --eval_seeds=1,5,10 --memory_settings=c100_ipc10 --memory_steps=20,40,80 --unrolls=1,4 --remat=1,convs --repeats=3}
+# What the first device session (launch/results/benchmark_gpu.md) left open: vmap against map
+# for experts and evaluation seeds, the 'convs kept' rows at IPC 50 and CIFAR-100 IPC 10, the
+# N = 80 no-remat plan, the test pass and the scan unroll.
+BENCH_ARGS=${BENCH_ARGS:---sections=experts,eval,distill,memory,test,unroll --settings=c10_ipc50,c100_ipc10 --remat=convs --skip_full --expert_k=1,2,4,8,16,32 --expert_loops=vmap,map --eval_seeds=1,5,10 --eval_loops=vmap,map --memory_settings=c100_ipc10 --memory_steps=80 --unrolls=1,4 --repeats=3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"

@@ -102,8 +102,7 @@ def test_seeds_in_turn_match_seeds_under_vmap(per_seed_data):
                          out["vmap"], out["map"])
   leaves = jax.tree_util.tree_leaves(out["map"])
   assert not np.allclose(leaves[0][0], leaves[0][1])  # the seeds did train differently
-  on_cpu = jax.default_backend() == "cpu"
-  assert evaluate.resolve_seed_loop("auto") == ("map" if on_cpu else "vmap")
+  assert evaluate.resolve_seed_loop("auto") == "map"
   assert evaluate.resolve_seed_loop("auto", num_devices=4) == "vmap"
   with pytest.raises(ValueError, match="seed_loop"):
     evaluate.resolve_seed_loop("pmap")

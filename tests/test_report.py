@@ -96,3 +96,11 @@ def test_report_command_writes_markdown_and_figure(tmp_path):
                         "--report_dirs=/no/such/dir"], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
   assert bad.returncode == 2 and "no such folder" in bad.stderr
+
+
+def test_protocol_label_names_short_expert_trajectories():
+  r = {"dataset": "cifar10", "protocol": {"num_experts": 10, "expert_epochs_trained": 6,
+                                          "distill_iterations": 453, "num_inner_steps": 80}}
+  assert report.protocol_label(r) == "reduced: 10 experts, 6 expert epochs, 453 iterations; N=80"
+  r["protocol"].update(num_experts=100, expert_epochs_trained=50, distill_iterations=10000)
+  assert report.protocol_label(r) == "full; N=80"
