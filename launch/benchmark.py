@@ -320,7 +320,8 @@ def section_memory(a, tb):
       mems = []
       for remat in a.memory_remat:
         _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                         full=True, remat=remat, unroll=a.unroll)
+                                         full=True, remat=remat, unroll=a.unroll,
+                                         conv_impl=a.conv_impl)
         t0 = time.perf_counter()
         mems.append(compiled_peak(step.lower(*args).compile()))
         print(f"[memory] {name} N={n_steps} remat={remat}: {fmt_bytes(mems[-1])} "
@@ -337,7 +338,7 @@ def section_unroll(a, tb):
   rows = []
   for u in a.unrolls:
     _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                     full=True, unroll=u)
+                                     full=True, unroll=u, conv_impl=a.conv_impl)
     c, t, mem = jax_distill(step, args, a.repeats)
     rows.append([a.unroll_setting, u, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem)])
     print("[unroll]", rows[-1], flush=True)
@@ -365,7 +366,7 @@ def torch_train(tb, net, flat, x, y, *, steps, batch, lr, momentum=0.0, wd=0.0, 
 
 def section_experts(a, tb):
   shape = (a.size, a.size, 3)
-  net = make_network("convnet", 10, shape, width=a.width)
+  net = make_network("convnet", 10, shape, width=a.width, conv_impl=a.conv_impl)
   batch, steps = 256, a.expert_steps
   n = batch * steps
   rng = np.random.default_rng(0)
@@ -405,7 +406,7 @@ def section_experts(a, tb):
 
 def section_eval(a, tb):
   shape = (a.size, a.size, 3)
-  net = make_network(a.eval_arch, 10, shape, width=a.width)
+  net = make_network(a.eval_arch, 10, shape, width=a.width, conv_impl=a.conv_impl)
   n = 10 * a.eval_ipc
   rng = np.random.default_rng(0)
   x = rng.standard_normal((n, *shape)).astype(np.float32)
@@ -452,7 +453,7 @@ def section_test(a, tb):
   y = rng.integers(0, 10, a.test_images)
   rows = []
   for arch in a.test_archs:
-    net = make_network(arch, 10, shape, width=a.width)
+    net = make_network(arch, 10, shape, width=a.width, conv_impl=a.conv_impl)
     t_torch1 = None
     if tb and arch == "convnet":
       flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
@@ -512,7 +513,7 @@ def main(argv=None):
   p.add_argument("--memory_remat", type=csv, default=["1", "0"],
                  help="memory section: remat modes, the first is the reference column")
   p.add_argument("--conv_impl", default="auto",
-                 help="auto | xla | im2col | hybrid (distill section)")
+                 help="auto | xla | im2col | hybrid: the JAX networks' convolution, every section")
   p.add_argument("--expert_k", type=ints, default=[1, 2, 4, 8])
   p.add_argument("--expert_steps", type=int, default=10)
   p.add_argument("--expert_loops", type=csv, default=["auto"],
@@ -555,8 +556,8 @@ def main(argv=None):
             machine() + (f"; PyTorch {tb.torch.__version__} on {tb.device}" if tb else ""),
             "", "Command: `" + " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])) + "`",
             f"ConvNet width {a.width}, {a.size}x{a.size} images, median of {a.repeats}; "
-            f"distill section: remat {a.remat}, conv_impl {a.conv_impl}, "
-            f"scan unroll {a.unroll}.", ""]
+            f"distill section: remat {a.remat}, scan unroll {a.unroll}; "
+            f"conv_impl {a.conv_impl} (every section).", ""]
   print("\n".join(header), flush=True)
   out = header[:]
   for name in a.sections:

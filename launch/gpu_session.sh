@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session, every phase under its own time limit (a lent device gives ~10 minutes):
 #   1. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side (its tables
-#      are written section by section, so a phase cut by its limit keeps what it finished);
+#      are written section by section, so a phase cut by its limit keeps what it finished),
+#      then experts and evaluation seeds under vmap with im2col convolutions;
 #   2. the full CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128) cut to fit: EXPERTS
 #      experts of EXPERT_EPOCHS epochs (IPC 1 reads snapshots 0..6 only, so 6 epochs lose
 #      nothing but the expert-0 init and labels are taken from epoch 6 instead of 50), as many
@@ -21,7 +22,8 @@
 #          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip \
 #          timeout 580 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
-# benchmark_gpu.md, c10_ipc1_results.json, c10_ipc1_metrics.jsonl, syn_images.png, outputs.tar
+# benchmark_gpu.md, benchmark_gpu_im2col.md, c10_ipc1_results.json, c10_ipc1_metrics.jsonl,
+# syn_images.png, outputs.tar
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -30,7 +32,8 @@ DATA=${DATA:-../shared/data/cifar10-jpeg.zip}
 ROOT=${ROOT:-checkpoints/gpu}
 EXPERTS=${EXPERTS:-10}
 EXPERT_EPOCHS=${EXPERT_EPOCHS:-6}
-T_BENCH=${T_BENCH:-230}
+T_BENCH=${T_BENCH:-200}
+T_BENCH_IM2COL=${T_BENCH_IM2COL:-60}
 T_EXPERTS=${T_EXPERTS:-90}
 T_DISTILL=${T_DISTILL:-120}
 T_EVAL=${T_EVAL:-80}
@@ -72,6 +75,10 @@ M="$PY -m datm_clr_jax"
 C10="--config=configs/cifar10_ipc1.py --workdir=$ROOT/c10_ipc1 $SRC --config.data.cache_dir=$ROOT/cache"
 
 phase benchmark "$T_BENCH" $PY launch/benchmark.py $BENCH_ARGS --out "$OUT/benchmark_gpu.md"
+# Networks under vmap with im2col convolutions (batched matmuls) instead of XLA's grouped ones.
+phase benchmark_im2col "$T_BENCH_IM2COL" $PY launch/benchmark.py --sections=experts,eval \
+  --conv_impl=im2col --expert_k=1,2,4,8,16,32 --expert_loops=vmap --eval_seeds=1,5,10 \
+  --eval_loops=vmap --repeats=3 --no_torch --out "$OUT/benchmark_gpu_im2col.md"
 phase c10_experts "$T_EXPERTS" $M $C10 --mode=experts --config.experts.num_experts="$EXPERTS" \
   --config.experts.epochs="$EXPERT_EPOCHS" --config.experts.parallel=5 $EXTRA
 phase c10_distill "$T_DISTILL" $M $C10 --mode=distill --config.experts.num_experts="$EXPERTS" \
