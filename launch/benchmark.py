@@ -93,13 +93,20 @@ def fmt_bytes(n) -> str:
 
 
 def fmt_s(t) -> str:
-  if t is None or t == OOM:
-    return t or "-"
+  if t is None:
+    return "-"
+  if t == OOM:
+    return OOM
   return f"{t * 1e3:,.1f} ms" if t < 10 else f"{t:,.1f} s"
 
 
 def fmt_compile(c) -> str:
   return "-" if c is None else f"{c:.1f} s"
+
+
+def loop_label(loop: str, resolved: str) -> str:
+  """'vmap', or 'auto (map)' when 'auto' was resolved."""
+  return loop if loop == resolved else f"{loop} ({resolved})"
 
 
 def ratio(t_torch, t_jax) -> str:
@@ -339,8 +346,8 @@ def section_unroll(a, tb):
   for u in a.unrolls:
     _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
                                      full=True, unroll=u, conv_impl=a.conv_impl)
-    c, t, mem = jax_distill(step, args, a.repeats)
-    rows.append([a.unroll_setting, u, f"{c:.1f} s", fmt_s(t), fmt_bytes(mem)])
+    c, t, mem = jax_distill_or_oom(step, args, a.repeats)
+    rows.append([a.unroll_setting, u, fmt_compile(c), fmt_s(t), fmt_bytes(mem)])
     print("[unroll]", rows[-1], flush=True)
   return table(["setting", "scan unroll", "compile", "step", "peak (XLA)"], rows)
 
@@ -395,7 +402,7 @@ def section_experts(a, tb):
       ips = k * n / t
       base = base or ips / k  # the first row's per-expert rate
       tt = None if t_torch1 is None else k * t_torch1
-      rows.append([k, loop if loop == resolved else f"{loop} ({resolved})", f"{c:.1f} s",
+      rows.append([k, loop_label(loop, resolved), f"{c:.1f} s",
                    fmt_s(t), f"{ips:,.0f}", f"{ips / base:.2f}x",
                    "-" if tt is None else f"{k * n / tt:,.0f}", ratio(tt, t)])
       print("[experts]", rows[-1], flush=True)
@@ -437,9 +444,8 @@ def section_eval(a, tb):
       c = time.perf_counter() - t0
       t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
       tt = None if t_torch1 is None else s * t_torch1
-      label = loop if loop == resolved else f"{loop} ({resolved})"
-      rows.append([s, label, a.eval_arch, n, a.eval_epochs, a.width, f"{c:.1f} s", fmt_s(t),
-                   fmt_s(tt), ratio(tt, t)])
+      rows.append([s, loop_label(loop, resolved), a.eval_arch, n, a.eval_epochs, a.width,
+                   f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
       print("[eval]", rows[-1], flush=True)
   return table(["seeds", "seed loop", "network", "images", "epochs", "width", "JAX compile",
                 "JAX time", "PyTorch time (sequential)", "PyTorch/JAX"], rows)

@@ -4,8 +4,8 @@
 #      are written section by section, so a phase cut by its limit keeps what it finished),
 #      then experts and evaluation seeds under vmap with im2col convolutions;
 #   2. the full CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128) cut to fit: EXPERTS
-#      experts of EXPERT_EPOCHS epochs (IPC 1 reads snapshots 0..6 only, so 6 epochs lose
-#      nothing but the expert-0 init and labels are taken from epoch 6 instead of 50), as many
+#      experts of EXPERT_EPOCHS epochs (IPC 1 reads no snapshot past epoch 6; the initial
+#      images are then chosen by epoch-6 experts instead of epoch-50 ones), as many
 #      distillation iterations as T_DISTILL seconds allow (killed with SIGINT, then evaluated
 #      from the last checkpoint), the 5-seed ConvNet evaluation of 1000 epochs;
 #   3. protocol R1's experts (SPEC §10: 5 x 8 epochs, width 32), only when T_R1 > 0 (the R1
