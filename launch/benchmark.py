@@ -19,8 +19,11 @@ Sections (each prints a markdown table; --out also writes them to a file):
            for each --memory_remat mode (default: with and without remat).
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
   experts  expert-training throughput (images/s) with K experts in one compiled epoch (at once
-           under vmap or in turn under lax.map: --expert_loops), against PyTorch training
-           the same K one after another (no DSA in either).
+           under vmap or in turn under lax.map: --expert_loops; split over all devices when
+           there are several, as experts.train does), against PyTorch training the same K one
+           after another (no DSA in either). GFLOP/s = images/s x XLA's FLOP count of one
+           training step per image, beside a large float32 matmul's rate in the same run
+           (--matmul_size): how much of the device one expert leaves for more.
   eval     evaluation throughput: S seeds trained on the synthetic set in one compiled call
            (JAX, seeds under vmap or in turn under lax.map: --eval_loops) against S
            sequential PyTorch runs (SGD momentum + weight decay, no DSA in either;
@@ -55,7 +58,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datm_clr_jax import augment, distill, experts, evaluate, sharding, torch_io  # noqa: E402
+from datm_clr_jax import (augment, distill, evaluate, experts, losses, sharding,  # noqa: E402
+                          torch_io)
 from datm_clr_jax.models import make_network  # noqa: E402
 
 # name: (classes, ipc, N, batch_syn) from SPEC §8.
@@ -371,16 +375,72 @@ def torch_train(tb, net, flat, x, y, *, steps, batch, lr, momentum=0.0, wd=0.0, 
   tb.sync()
 
 
+def cost_flops(compiled) -> float | None:
+  """FLOPs XLA's cost analysis counts for one call of a compiled function."""
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+  except Exception:  # some backends return None or leave the count out
+    return None
+
+
+def matmul_rate(n: int, repeats: int) -> float | None:
+  """FLOP/s of an (n, n) @ (n, n) float32 matmul: the device's compute ceiling, as JAX gets it."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+  mm = jax.jit(lambda a: a @ a).lower(x).compile()
+  return 2 * n**3 / median_time(lambda: jax.block_until_ready(mm(x)), repeats)
+
+
+def training_flops_per_image(arch: str, shape, width: int, batch: int) -> float | None:
+  """FLOPs of one SGD step's loss and gradient over `batch` images, divided by `batch`.
+
+  Counted with XLA's convolutions: the algorithm's FLOPs, the same whichever convolution
+  implementation runs (im2col and the hybrid form count a few percent more).
+  """
+  net = make_network(arch, 10, shape, width=width, conv_impl="xla")
+  flat = net.init_flat(jax.random.PRNGKey(0), shape)
+  x = jnp.zeros((batch, *shape))
+  y = jnp.zeros((batch, net.module.num_classes))
+  loss = lambda p, x, y: losses.soft_cross_entropy(net.apply_flat(p, x)[0], y)
+  flops = cost_flops(jax.jit(jax.grad(loss)).lower(flat, x, y).compile())
+  return None if flops is None else flops / batch
+
+
+def fmt_rate(flops_per_s) -> str:
+  """FLOP/s as GFLOP/s."""
+  return "-" if flops_per_s is None else f"{flops_per_s / 1e9:,.1f}"
+
+
+def fmt_mflop(flops) -> str:
+  return "-" if flops is None else f"{flops / 1e6:,.2f} MFLOP"
+
+
 def section_experts(a, tb):
+  """K experts in one compiled epoch; with several devices the K are split over them.
+
+  The FLOP/s column (XLA's count of one training step, times images/s) set against a large
+  matmul's rate in the same run says how much of the machine one expert leaves idle, which
+  bounds the gain that K at once can give.
+  """
   shape = (a.size, a.size, 3)
   net = make_network("convnet", 10, shape, width=a.width, conv_impl=a.conv_impl)
-  batch, steps = 256, a.expert_steps
+  batch, steps = a.expert_batch, a.expert_steps
   n = batch * steps
   rng = np.random.default_rng(0)
   x = rng.standard_normal((n, *shape)).astype(np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
-  xd, yd = jnp.asarray(x), jnp.asarray(y)
+  mesh = sharding.device_mesh()
+  devices = 1 if mesh is None else mesh.size
+  xd, yd = sharding.replicate((jnp.asarray(x), jnp.asarray(y)), mesh)
   flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
+  flops_per_image = training_flops_per_image("convnet", shape, a.width, batch)
+  peak = matmul_rate(a.matmul_size, a.repeats)
+  m = a.matmul_size
+  head = (f"Batch {batch} per expert; {fmt_mflop(flops_per_image)} per training image (XLA's "
+          f"cost analysis of one step with XLA's convolutions); a {m}x{m} float32 matmul ran "
+          f"at {fmt_rate(peak)} GFLOP/s on this device.\n\n")
+  print("[experts]", head.strip(), flush=True)
   t_torch1 = None
   if tb:
     xt = tb.torch.tensor(x.transpose(0, 3, 1, 2), device=tb.device)
@@ -389,26 +449,29 @@ def section_experts(a, tb):
                                                lr=0.01), a.repeats)
   rows, base = [], None
   for loop in a.expert_loops:
-    resolved = sharding.resolve_network_loop(loop, 1, "--expert_loops")
+    resolved = sharding.resolve_network_loop(loop, devices, "--expert_loops")
     epoch = experts.make_train_epoch(net, lr=0.01, batch_size=batch, num_train=n, strategy="",
                                      dsa_mode="none", loop=resolved)
     for k in a.expert_k:
-      params = jnp.asarray(np.repeat(flat[None], k, 0))
-      keys = jax.random.split(jax.random.PRNGKey(1), k)
+      params = sharding.shard_leading(jnp.asarray(np.repeat(flat[None], k, 0)), mesh)
+      keys = sharding.shard_leading(jax.random.split(jax.random.PRNGKey(1), k), mesh)
       t0 = time.perf_counter()
       compiled = epoch.lower(params, keys, xd, yd).compile()
       c = time.perf_counter() - t0
       t = median_time(lambda: jax.block_until_ready(compiled(params, keys, xd, yd)), a.repeats)
       ips = k * n / t
       base = base or ips / k  # the first row's per-expert rate
+      rate = None if flops_per_image is None else ips * flops_per_image
       tt = None if t_torch1 is None else k * t_torch1
-      rows.append([k, loop_label(loop, resolved), f"{c:.1f} s",
-                   fmt_s(t), f"{ips:,.0f}", f"{ips / base:.2f}x",
+      rows.append([k, loop_label(loop, resolved), devices, f"{c:.1f} s",
+                   fmt_s(t), f"{ips:,.0f}", f"{ips / base:.2f}x", fmt_rate(rate),
+                   "-" if None in (rate, peak) else f"{rate / peak:.0%}",
                    "-" if tt is None else f"{k * n / tt:,.0f}", ratio(tt, t)])
       print("[experts]", rows[-1], flush=True)
-  return table(["K experts", "loop", "JAX compile", f"JAX time ({steps} steps)", "JAX images/s",
-                "JAX speed-up vs first row", "PyTorch images/s (sequential)", "PyTorch/JAX"],
-               rows)
+  return head + table(
+      ["K experts", "loop", "devices", "JAX compile", f"JAX time ({steps} steps)",
+       "JAX images/s", "JAX speed-up vs first row", "JAX GFLOP/s", "of matmul rate",
+       "PyTorch images/s (sequential)", "PyTorch/JAX"], rows)
 
 
 def section_eval(a, tb):
@@ -433,22 +496,24 @@ def section_eval(a, tb):
     t_torch1 = median_time(lambda: torch_train(
         tb, net, flat, xt, yt, steps=total_steps, batch=min(n, cfg.batch_size), lr=0.01,
         momentum=0.9, wd=5e-4), a.repeats)
+  mesh = sharding.device_mesh()
+  devices = 1 if mesh is None else mesh.size
   for s in a.eval_seeds:
-    keys = jax.random.split(jax.random.PRNGKey(0), s)
-    args = (keys, jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01))
+    keys = sharding.shard_leading(jax.random.split(jax.random.PRNGKey(0), s), mesh)
+    args = (keys, *sharding.replicate((jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01)), mesh))
     for loop in a.eval_loops:
-      resolved = evaluate.resolve_seed_loop(loop)
-      trainer = evaluate.make_trainer(net, dataclasses.replace(cfg, seed_loop=loop), n, shape)
+      resolved = evaluate.resolve_seed_loop(loop, devices)
+      trainer = evaluate.make_trainer(net, dataclasses.replace(cfg, seed_loop=resolved), n, shape)
       t0 = time.perf_counter()
       compiled = trainer.lower(*args).compile()
       c = time.perf_counter() - t0
       t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
       tt = None if t_torch1 is None else s * t_torch1
-      rows.append([s, loop_label(loop, resolved), a.eval_arch, n, a.eval_epochs, a.width,
-                   f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
+      rows.append([s, loop_label(loop, resolved), devices, a.eval_arch, n, a.eval_epochs,
+                   a.width, f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
       print("[eval]", rows[-1], flush=True)
-  return table(["seeds", "seed loop", "network", "images", "epochs", "width", "JAX compile",
-                "JAX time", "PyTorch time (sequential)", "PyTorch/JAX"], rows)
+  return table(["seeds", "seed loop", "devices", "network", "images", "epochs", "width",
+                "JAX compile", "JAX time", "PyTorch time (sequential)", "PyTorch/JAX"], rows)
 
 
 def section_test(a, tb):
@@ -522,8 +587,12 @@ def main(argv=None):
                  help="auto | xla | im2col | hybrid: the JAX networks' convolution, every section")
   p.add_argument("--expert_k", type=ints, default=[1, 2, 4, 8])
   p.add_argument("--expert_steps", type=int, default=10)
+  p.add_argument("--expert_batch", type=int, default=256,
+                 help="each expert's minibatch (the reference trains experts at 256)")
   p.add_argument("--expert_loops", type=csv, default=["auto"],
                  help="expert group loops to time: auto, vmap, map (sharding.NETWORK_LOOPS)")
+  p.add_argument("--matmul_size", type=int, default=2048,
+                 help="the reference matmul of the experts section (n x n)")
   p.add_argument("--eval_ipc", type=int, default=10)
   p.add_argument("--eval_epochs", type=int, default=50)
   p.add_argument("--eval_seeds", type=ints, default=[1, 5])
@@ -549,6 +618,7 @@ def main(argv=None):
       p.error(f"unknown remat mode {mode!r}; use {', '.join(REMAT_MODES)}")
   if a.quick:
     a.width, a.size, a.repeats, a.expert_steps, a.eval_epochs = 8, 16, 1, 2, 2
+    a.matmul_size = 256
     a.test_images = 100
     a.memory_settings, a.memory_steps, a.unrolls, a.expert_k = ["c10_ipc1"], [2, 4], [1, 2], [1, 2]
     a.settings = [s for s in a.settings if s.partition(":")[0] in QUICK]

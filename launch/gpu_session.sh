@@ -2,12 +2,14 @@
 # One GPU session, every phase under its own time limit (a lent device gives ~10 minutes):
 #   1. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side (its tables
 #      are written section by section, so a phase cut by its limit keeps what it finished),
-#      then experts and evaluation seeds under vmap with im2col convolutions;
-#   2. the full CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128) cut to fit: EXPERTS
-#      experts of EXPERT_EPOCHS epochs (IPC 1 reads no snapshot past epoch 6; the initial
-#      images are then chosen by epoch-6 experts instead of epoch-50 ones), as many
-#      distillation iterations as T_DISTILL seconds allow (killed with SIGINT, then evaluated
-#      from the last checkpoint), the 5-seed ConvNet evaluation of 1000 epochs;
+#      then experts and evaluation seeds under vmap with im2col convolutions, then the
+#      K-experts curve of a width-32 ConvNet (one that leaves more of the GPU idle);
+#   2. only when T_EXPERTS, T_DISTILL, T_EVAL > 0 (the first device session ran it:
+#      launch/results/gpu_c10_ipc1/), the CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128)
+#      cut to fit: EXPERTS experts of EXPERT_EPOCHS epochs (IPC 1 reads no snapshot past
+#      epoch 6; the initial images are then chosen by epoch-6 experts instead of epoch-50
+#      ones), as many distillation iterations as T_DISTILL seconds allow (killed with SIGINT,
+#      then evaluated from the last checkpoint), the 5-seed ConvNet evaluation of 1000 epochs;
 #   3. protocol R1's experts (SPEC §10: 5 x 8 epochs, width 32), only when T_R1 > 0 (the R1
 #      reproduction has its experts from the CPU, so the default skips this).
 # A phase whose limit is 0 is skipped. The session stops at once when JAX sees no GPU.
@@ -22,8 +24,8 @@
 #          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip \
 #          timeout 580 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
-# benchmark_gpu.md, benchmark_gpu_im2col.md, c10_ipc1_results.json, c10_ipc1_metrics.jsonl,
-# syn_images.png, outputs.tar
+# benchmark_gpu.md, benchmark_gpu_im2col.md, benchmark_gpu_narrow.md, and when the CIFAR-10
+# phases ran c10_ipc1_results.json, syn_images.png, outputs.tar (the rest of the run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -34,9 +36,10 @@ EXPERTS=${EXPERTS:-10}
 EXPERT_EPOCHS=${EXPERT_EPOCHS:-6}
 T_BENCH=${T_BENCH:-200}
 T_BENCH_IM2COL=${T_BENCH_IM2COL:-60}
-T_EXPERTS=${T_EXPERTS:-90}
-T_DISTILL=${T_DISTILL:-120}
-T_EVAL=${T_EVAL:-80}
+T_BENCH_NARROW=${T_BENCH_NARROW:-60}
+T_EXPERTS=${T_EXPERTS:-0}
+T_DISTILL=${T_DISTILL:-0}
+T_EVAL=${T_EVAL:-0}
 T_R1=${T_R1:-0}
 SRC=${SRC:---config.data.source=image_folder:$(realpath "$DATA")}
 EXTRA=${EXTRA:-}              # more --config overrides (local smoke runs)
@@ -44,7 +47,7 @@ R1_EXTRA=${R1_EXTRA:-}
 # What the first device session (launch/results/benchmark_gpu.md) left open: vmap against map
 # for experts and evaluation seeds, the 'convs kept' rows at IPC 50 and CIFAR-100 IPC 10, the
 # N = 80 no-remat plan, the test pass and the scan unroll.
-BENCH_ARGS=${BENCH_ARGS:---sections=experts,eval,distill,memory,test,unroll --settings=c10_ipc50,c100_ipc10 --remat=convs --skip_full --expert_k=1,2,4,8,16,32 --expert_loops=vmap,map --eval_seeds=1,5,10 --eval_loops=vmap,map --memory_settings=c100_ipc10 --memory_steps=80 --unrolls=1,4 --repeats=3}
+BENCH_ARGS=${BENCH_ARGS:---sections=experts,eval,distill,memory,test,unroll --settings=c10_ipc50,c100_ipc10 --remat=convs --skip_full --expert_k=1,2,4,8,16,32 --expert_loops=vmap,map --matmul_size=8192 --eval_seeds=1,5,10 --eval_loops=vmap,map --memory_settings=c100_ipc10 --memory_steps=80 --unrolls=1,4 --repeats=3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
@@ -79,6 +82,10 @@ phase benchmark "$T_BENCH" $PY launch/benchmark.py $BENCH_ARGS --out "$OUT/bench
 phase benchmark_im2col "$T_BENCH_IM2COL" $PY launch/benchmark.py --sections=experts,eval \
   --conv_impl=im2col --expert_k=1,2,4,8,16,32 --expert_loops=vmap --eval_seeds=1,5,10 \
   --eval_loops=vmap --repeats=3 --no_torch --out "$OUT/benchmark_gpu_im2col.md"
+# Width 32: a quarter of the channels, so one expert leaves more of the device for K at once.
+phase benchmark_narrow "$T_BENCH_NARROW" $PY launch/benchmark.py --sections=experts --width=32 \
+  --expert_k=1,2,4,8,16,32,64 --expert_loops=vmap,map --repeats=3 --matmul_size=8192 \
+  --out "$OUT/benchmark_gpu_narrow.md"
 phase c10_experts "$T_EXPERTS" $M $C10 --mode=experts --config.experts.num_experts="$EXPERTS" \
   --config.experts.epochs="$EXPERT_EPOCHS" --config.experts.parallel=5 $EXTRA
 phase c10_distill "$T_DISTILL" $M $C10 --mode=distill --config.experts.num_experts="$EXPERTS" \
@@ -90,9 +97,12 @@ phase r1_experts "$T_R1" $M --config=configs/cifar10_r1.py --workdir="$ROOT/r1" 
 
 W="$ROOT/c10_ipc1"
 cp "$W/results.json" "$OUT/c10_ipc1_results.json" 2>/dev/null
-cp "$W/metrics.jsonl" "$OUT/c10_ipc1_metrics.jsonl" 2>/dev/null
 cp "$W/syn_images.png" "$OUT/syn_images.png" 2>/dev/null
-tar -cf "$OUT/outputs.tar" "$ROOT/r1/experts" "$W/syn_set.npz" "$W/config.json" \
-  "$ROOT/r1/metrics.jsonl" 2>> "$LOG"
+KEEP=()
+for f in "$ROOT/r1/experts" "$ROOT/r1/metrics.jsonl" "$W/syn_set.npz" "$W/config.json" \
+         "$W/metrics.jsonl"; do
+  [ -e "$f" ] && KEEP+=("$f")
+done
+[ ${#KEEP[@]} -gt 0 ] && tar -cf "$OUT/outputs.tar" "${KEEP[@]}" 2>> "$LOG"
 ls -la "$OUT" >> "$LOG"
 cat "$OUT/phases.txt"

@@ -1,0 +1,39 @@
+"""The benchmark harness's own arithmetic: FLOP counts and out-of-memory cells."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "launch"))
+import benchmark  # noqa: E402
+
+
+def test_cost_flops_counts_a_matmul():
+  a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  assert benchmark.cost_flops(compiled) == pytest.approx(2 * 8 * 16 * 4)
+
+
+def test_training_flops_per_image_matches_the_convolutions():
+  # ConvNet depth 3 on 8x8 RGB, width 4: 3x3 convolutions at 8x8, 4x4, 2x2.
+  width, shape = 4, (8, 8, 3)
+  conv_fwd = 2 * 9 * (8 * 8 * 3 * width + 4 * 4 * width * width + 2 * 2 * width * width)
+  per_image = benchmark.training_flops_per_image("convnet", shape, width, batch=4)
+  assert per_image == pytest.approx(
+      benchmark.training_flops_per_image("convnet", shape, width, batch=8), rel=0.02)
+  # Forward, then the weight gradients of all three layers and the input gradients of the
+  # upper two, around three forward passes in all, plus element-wise work.
+  assert 2.5 * conv_fwd < per_image < 4 * conv_fwd
+
+
+@pytest.mark.parametrize("message,expected", [
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", True),
+    ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate", True),
+    ("INVALID_ARGUMENT: shapes do not match", False),
+])
+def test_is_oom(message, expected):
+  assert benchmark.is_oom(RuntimeError(message)) is expected
