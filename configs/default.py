@@ -75,6 +75,8 @@ def get_config():
   config.distill.remat = True  # Recompute each inner step but its gradient: memory ~flat in N.
   config.distill.remat_convs = False  # Also keep conv outputs: faster, memory grows with N.
   config.distill.scan_unroll = 1  # lax.scan unroll factor of the inner loop.
+  config.distill.num_segments = 1  # Trajectory segments matched per iteration (1: reference).
+  config.distill.segment_loop = "auto"  # vmap | map (segments in turn) | auto: map on one device.
   config.distill.select = "final"  # Which iteration to keep: final | val (best on held-out).
   config.distill.val_per_class = 50  # select=val: training images per class held out.
   config.distill.select_every = 500  # select=val: iterations between validation checks.

@@ -96,6 +96,8 @@ class StepConfig:
   remat: bool = True
   remat_convs: bool = False  # with remat, also keep the convolution outputs (memory ~N)
   unroll: int = 1
+  num_segments: int = 1  # trajectory segments matched per outer iteration, losses averaged
+  segment_loop: str = "map"  # 'vmap' (segments at once) | 'map' (in turn); resolved
 
   @property
   def contrast_on(self) -> bool:
@@ -225,28 +227,76 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
   return outer_loss
 
 
+def segment_keys(key, num_segments: int) -> jax.Array:
+  """(num_segments, 2) keys, one per trajectory segment; one segment uses `key` itself."""
+  if num_segments == 1:
+    return key[None]
+  return jax.random.split(key, num_segments)
+
+
+def sample_segment(key, trajectories, upper, cfg: StepConfig):
+  """One segment's (expert (), start epoch (), theta0 (P,), target (P,)) from its key.
+
+  trajectories: (K, T, P); the start epoch is drawn from [min_start_epoch, upper).
+  """
+  k_expert, k_start, _, _, _ = step_keys(key)
+  expert = jax.random.randint(k_expert, (), 0, trajectories.shape[0])
+  start = jax.random.randint(k_start, (), cfg.min_start_epoch, upper)
+  return (expert, start, trajectories[expert, start],
+          trajectories[expert, start + cfg.expert_epochs])
+
+
+def make_segments_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array,
+                       feat_dim: int, mesh=None):
+  """Returns loss(learned, trajectories, upper, key) -> (loss, (l_tm, l_con, experts, starts)).
+
+  The outer loss averaged over cfg.num_segments trajectory segments, each with its own
+  expert, start epoch, minibatches and augmentations (drawn from segment_keys(key)) and one
+  projection head for all. With one segment this is the reference's single match, keyed
+  exactly as before segments existed. l_tm and l_con are means over the segments; experts and
+  starts are (num_segments,).
+  """
+  loop = cfg.segment_loop if cfg.num_segments > 1 else "map"
+  net = network.for_vmap() if loop == "vmap" else network
+  outer_loss = make_outer_loss(net, cfg, syn_classes, feat_dim, mesh)
+
+  def loss(learned, trajectories, upper, key):
+    head_key = step_keys(key)[4]
+    keys = segment_keys(key, cfg.num_segments)
+    experts, starts, theta0s, targets = jax.vmap(
+        lambda k: sample_segment(k, trajectories, upper, cfg))(keys)
+    one = lambda theta0, target, k: outer_loss(learned, theta0, target, k, head_key)
+    if cfg.num_segments == 1:
+      total, (l_tm, l_con) = one(theta0s[0], targets[0], keys[0])
+    else:
+      totals, (l_tms, l_cons) = sharding.over_networks(one, loop, (0, 0, 0))(
+          theta0s, targets, keys)
+      total, l_tm, l_con = jnp.mean(totals), jnp.mean(l_tms), jnp.mean(l_cons)
+    return total, (l_tm, l_con, experts, starts)
+
+  return loss
+
+
 def make_distill_step(network: Network, cfg: StepConfig, opt: OuterOptim, syn_classes,
                       feat_dim: int, mesh=None):
   """Builds the jit-compiled outer step.
 
   step(state, trajectories (K, T, P), upper (), key) -> (state, metrics). `upper` is the
   exclusive upper bound of the start epoch (the difficulty schedule's current value); the
-  expert, start epoch, minibatches and augmentations are all drawn from `key` on device.
+  expert, start epoch, minibatches and augmentations are all drawn from `key` on device
+  (cfg.num_segments of each, see make_segments_loss; the threshold applies to their mean
+  L_tm, and the metrics name the first segment's expert and start epoch).
   With a `mesh` (sharding.device_mesh()), minibatches are split over its devices.
   """
   syn_classes = jnp.asarray(syn_classes, jnp.int32)
-  outer_loss = make_outer_loss(network, cfg, syn_classes, feat_dim, mesh)
+  segments_loss = make_segments_loss(network, cfg, syn_classes, feat_dim, mesh)
   o_img, o_y, o_lr, o_head = opt.optimizers()
 
   def step(state: SynState, trajectories, upper, key):
-    k_expert, k_start, _, _, k_head = step_keys(key)
-    expert = jax.random.randint(k_expert, (), 0, trajectories.shape[0])
-    start = jax.random.randint(k_start, (), cfg.min_start_epoch, upper)
-    theta0 = trajectories[expert, start]
-    target = trajectories[expert, start + cfg.expert_epochs]
     learned = (state.syn_images, state.syn_labels, state.syn_lr, state.head)
-    (total, (l_tm, l_con)), grads = jax.value_and_grad(outer_loss, has_aux=True)(
-        learned, theta0, target, key, k_head)
+    (total, (l_tm, l_con, experts, starts)), grads = jax.value_and_grad(
+        segments_loss, has_aux=True)(learned, trajectories, upper, key)
+    expert, start = experts[0], starts[0]
     g_img, g_y, g_lr, g_head = grads
     if not cfg.learn_labels:
       g_y = jnp.zeros_like(g_y)

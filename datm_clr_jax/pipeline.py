@@ -55,6 +55,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice(config.dsa.mode, augment.MODES, "dsa.mode")
   _choice(config.eval.seed_loop, evaluate.SEED_LOOPS, "eval.seed_loop")
   _choice(config.experts.loop, sharding.NETWORK_LOOPS, "experts.loop")
+  _choice(d.segment_loop, sharding.NETWORK_LOOPS, "distill.segment_loop")
   _choice(c.view_mode, augment.MODES, "clr.view_mode")
   _choice(c.strategy, ("fusion", "update", "none"), "clr.strategy")
   _choice(c.loss, losses.CONTRASTIVE_KINDS, "clr.loss")
@@ -93,7 +94,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               "experts.parallel": config.experts.parallel, "eval.num_eval": config.eval.num_eval,
               "eval.epochs": config.eval.epochs, "distill.syn_lr_init": d.syn_lr_init,
               "clr.temperature": c.temperature, "distill.log_every": d.log_every,
-              "distill.checkpoint_every": d.checkpoint_every, "distill.scan_unroll": d.scan_unroll}
+              "distill.checkpoint_every": d.checkpoint_every, "distill.scan_unroll": d.scan_unroll,
+              "distill.num_segments": d.num_segments}
   for field, v in positive.items():
     if not v > 0:
       raise ConfigError(f"config.{field} must be positive, got {v}")
@@ -256,7 +258,9 @@ class Run:
         clr_strategy=c.strategy, alpha=c.alpha, beta=c.beta, lam=c.lam, contrastive=c.loss,
         temperature=c.temperature, view_mode=c.view_mode, head=c.head,
         proj_hidden=c.proj_hidden, proj_dim=c.proj_dim, learn_labels=d.learn_labels,
-        remat=d.remat, remat_convs=d.remat_convs, unroll=d.scan_unroll)
+        remat=d.remat, remat_convs=d.remat_convs, unroll=d.scan_unroll,
+        num_segments=d.num_segments, segment_loop=sharding.resolve_network_loop(
+            d.segment_loop, 1 if self.mesh is None else self.mesh.size, "distill.segment_loop"))
     opt = distill.OuterOptim(lr_img=d.lr_img, lr_lr=d.lr_lr, lr_y=d.lr_y, lr_head=c.lr_head,
                              momentum_img=d.momentum_img, momentum_lr=d.momentum_lr,
                              momentum_y=d.momentum_y, momentum_head=c.momentum_head)
@@ -315,9 +319,11 @@ class Run:
         it, max_start_epoch=d.max_start_epoch, sequential=d.sequential,
         current_max_start_epoch=d.current_max_start_epoch, expansion_end=d.expansion_end)
     logging.info("distill: %d synthetic images, N=%d, %d experts, clr=%s (alpha %g), "
-                 "%d iterations", len(syn_classes), d.num_inner_steps, len(trajectories),
+                 "%d iterations%s", len(syn_classes), d.num_inner_steps, len(trajectories),
                  step_cfg.clr_strategy if step_cfg.contrast_on else "off", step_cfg.alpha,
-                 d.iterations)
+                 d.iterations, "" if d.num_segments == 1 else
+                 f", {d.num_segments} trajectory segments per iteration "
+                 f"({step_cfg.segment_loop})")
     t0 = time.time()
     select = self._make_selector(net) if d.select == "val" else None
     try:
@@ -483,6 +489,10 @@ class Run:
                             "clr": self.config.clr.to_dict(), "config_name": self.config.name,
                             "num_classes": self.num_classes,
                             "selection": selection}}
+    if d.num_segments != 1:
+      # Only when not the reference's 1, so results written before segments existed still
+      # count as the same protocol and merge.
+      results["protocol"]["num_segments"] = d.num_segments
     if external:
       results["external"] = external
     if e.random_real:

@@ -137,6 +137,51 @@ def test_fusion_leaves_the_datm_trajectory_untouched():
 
 
 @functools.lru_cache(maxsize=None)
+@pytest.mark.parametrize("loop", ["map", "vmap"])
+def test_segments_average_their_single_matches(loop):
+  """k segments: the loss and its gradient are the mean of k single-segment outer losses."""
+  net, cfg, feat, images, labels, theta0, target = _setup(
+      clr_strategy="none", num_segments=3, segment_loop=loop)
+  rng = np.random.default_rng(0)
+  # Two experts, three snapshots each, so segments differ in expert and start epoch.
+  traj = jnp.stack([theta0 + 0.05 * k * jnp.asarray(rng.normal(size=(3, theta0.size)),
+                                                     theta0.dtype) for k in (1, 2)])
+  learned = (images, labels, jnp.asarray(0.05), {})
+  key, upper = jax.random.PRNGKey(3), jnp.int32(2)
+  segments = distill.make_segments_loss(net, cfg, jnp.arange(CLASSES), feat)
+  (total, (l_tm, _, experts, starts)), grads = jax.jit(jax.value_and_grad(
+      segments, has_aux=True))(learned, traj, upper, key)
+
+  single = jax.jit(jax.value_and_grad(
+      distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat), has_aux=True))
+  head_key = distill.step_keys(key)[4]
+  ref_totals, ref_tms, ref_grads, drawn = [], [], [], []
+  for k in distill.segment_keys(key, 3):
+    expert, start, th0, tg = distill.sample_segment(k, traj, upper, cfg)
+    drawn.append((int(expert), int(start)))
+    (t, (tm, _)), g = single(learned, th0, tg, k, head_key)
+    ref_totals.append(t), ref_tms.append(tm), ref_grads.append(g)
+  assert len(set(drawn)) > 1, "the segments should not all match the same snapshot"
+  assert drawn == list(zip(np.asarray(experts).tolist(), np.asarray(starts).tolist()))
+  np.testing.assert_allclose(total, np.mean(ref_totals), rtol=1e-5)
+  np.testing.assert_allclose(l_tm, np.mean(ref_tms), rtol=1e-5)
+  mean_grads = jax.tree_util.tree_map(lambda *g: jnp.mean(jnp.stack(g), 0), *ref_grads)
+  for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(mean_grads)):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+
+
+def test_one_segment_is_the_single_match():
+  net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="none")
+  traj = jnp.stack([theta0, target])[None]
+  learned = (images, labels, jnp.asarray(0.05), {})
+  key = jax.random.PRNGKey(4)
+  total = jax.jit(distill.make_segments_loss(net, cfg, jnp.arange(CLASSES), feat))(
+      learned, traj, jnp.int32(1), key)[0]
+  single = jax.jit(distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat))(
+      learned, theta0, target, key, distill.step_keys(key)[4])[0]
+  assert float(total) == float(single)
+
+
 def _state_and_step(lr_lr=1e-7, threshold=10.0):
   """Cached: each distinct jitted step costs seconds of XLA compilation."""
   net, cfg, feat, images, labels, theta0, target = _setup(threshold=threshold)

@@ -120,7 +120,9 @@ def test_incompatible_settings_are_named():
   for field, value, message in [("experts.optimizer", "adam", "experts.optimizer"),
                                 ("experts.save_epochs", 9, "save_epochs"),
                                 ("distill.select", "test", "distill.select"),
-                                ("eval.archs", ("resnet18,vgg11",), "as a tuple")]:
+                                ("eval.archs", ("resnet18,vgg11",), "as a tuple"),
+                                ("distill.num_segments", 0, "distill.num_segments"),
+                                ("distill.segment_loop", "pmap", "distill.segment_loop")]:
     config = tiny_config()
     config[field.split(".")[0]][field.split(".")[1]] = value
     with pytest.raises(pipeline.ConfigError, match=message):

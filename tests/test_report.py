@@ -104,3 +104,13 @@ def test_protocol_label_names_short_expert_trajectories():
   assert report.protocol_label(r) == "reduced: 10 experts, 6 expert epochs, 453 iterations; N=80"
   r["protocol"].update(num_experts=100, expert_epochs_trained=50, distill_iterations=10000)
   assert report.protocol_label(r) == "full; N=80"
+
+
+def test_protocol_label_names_trajectory_segments():
+  r = {"dataset": "cifar10", "protocol": {"num_experts": 100, "expert_epochs_trained": 50,
+                                          "distill_iterations": 10000, "num_inner_steps": 80}}
+  single = report.protocol_label(r)
+  r["protocol"]["num_segments"] = 4
+  assert report.protocol_label(r) == "full; N=80, 4 trajectory segments per iteration"
+  # Never pooled with single-segment runs: cells split by protocol label.
+  assert report.protocol_label(r) != single
