@@ -18,6 +18,9 @@ Sections (each prints a markdown table; --out also writes them to a file):
   memory   peak memory of the compiled DATM-CLR step (XLA's memory analysis) for N = 20/40/80,
            for each --memory_remat mode (default: with and without remat).
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
+  segments the DATM-CLR step matching k trajectory segments per iteration
+           (distill.num_segments; --segments, --segment_loops map/vmap), JAX only:
+           segments/s, against the first row.
   experts  expert-training throughput (images/s) with K experts in one compiled epoch (at once
            under vmap or in turn under lax.map: --expert_loops; split over all devices when
            there are several, as experts.train does), against PyTorch training the same K one
@@ -174,7 +177,7 @@ REMAT_MODES = {"1": (dict(remat=True), "on"), "0": (dict(remat=False), "off"),
 
 
 def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat="1",
-                  unroll=1, conv_impl="auto"):
+                  unroll=1, conv_impl="auto", num_segments=1, segment_loop="map"):
   """JAX network, jitted step, initial state and fake trajectories at one setting's shapes."""
   shape = (size, size, 3)
   net = make_network("convnet", classes, shape, width=width, conv_impl=conv_impl)
@@ -191,7 +194,8 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
       num_inner_steps=n_steps, expert_epochs=2, min_start_epoch=0, batch_syn=batch_syn,
       threshold=1e9, strategy=augment.DEFAULT_STRATEGY if full else "",
       dsa_mode="single" if full else "none", clr_strategy="fusion" if full else "none",
-      unroll=unroll, **REMAT_MODES[remat][0])
+      unroll=unroll, num_segments=num_segments, segment_loop=segment_loop,
+      **REMAT_MODES[remat][0])
   opt = distill.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
   feat = distill.feature_dim(net, shape)
   step = distill.make_distill_step(net, cfg, opt, np.repeat(np.arange(classes), ipc), feat)
@@ -354,6 +358,28 @@ def section_unroll(a, tb):
     rows.append([a.unroll_setting, u, fmt_compile(c), fmt_s(t), fmt_bytes(mem)])
     print("[unroll]", rows[-1], flush=True)
   return table(["setting", "scan unroll", "compile", "step", "peak (XLA)"], rows)
+
+
+def section_segments(a, tb):
+  """The DATM-CLR step matching k trajectory segments per iteration (distill.num_segments)."""
+  name, classes, ipc, n_steps, batch_syn = setting(a.segments_setting, a.quick)
+  rows, base = [], None
+  for i, loop in enumerate(a.segment_loops):
+    for k in a.segments:
+      if k == 1 and i > 0:  # one segment takes no loop: the first loop's row is the row
+        continue
+      _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                       full=True, unroll=a.unroll, conv_impl=a.conv_impl,
+                                       num_segments=k, segment_loop=loop)
+      c, t, mem = jax_distill_or_oom(step, args, a.repeats)
+      per_s = None if t in (None, OOM) else k / t
+      base = base or per_s
+      rows.append([name, k, loop, fmt_compile(c), fmt_s(t), fmt_bytes(mem),
+                   "-" if per_s is None else f"{per_s:,.2f}",
+                   "-" if None in (per_s, base) else f"{per_s / base:.2f}x"])
+      print("[segments]", rows[-1], flush=True)
+  return table(["setting", "segments", "loop", "compile", "step", "peak (XLA)", "segments/s",
+                "vs first row"], rows)
 
 
 # ----------------------------------------------------------------------- experts, evaluation
@@ -556,7 +582,8 @@ def section_test(a, tb):
 
 
 SECTIONS = {"distill": section_distill, "memory": section_memory, "unroll": section_unroll,
-            "experts": section_experts, "eval": section_eval, "test": section_test}
+            "segments": section_segments, "experts": section_experts, "eval": section_eval,
+            "test": section_test}
 
 
 def machine() -> str:
@@ -579,6 +606,9 @@ def main(argv=None):
   p.add_argument("--unroll_setting", default="c10_ipc1")
   p.add_argument("--unrolls", type=ints, default=[1, 2, 4, 8])
   p.add_argument("--unroll", type=int, default=1, help="scan unroll of the other sections")
+  p.add_argument("--segments_setting", default="c10_ipc1")
+  p.add_argument("--segments", type=ints, default=[1, 2, 4])
+  p.add_argument("--segment_loops", type=csv, default=["map", "vmap"])
   p.add_argument("--remat", type=csv, default=["1"],
                  help="distill section: remat modes, of " + ",".join(REMAT_MODES))
   p.add_argument("--memory_remat", type=csv, default=["1", "0"],
@@ -621,6 +651,7 @@ def main(argv=None):
     a.matmul_size = 256
     a.test_images = 100
     a.memory_settings, a.memory_steps, a.unrolls, a.expert_k = ["c10_ipc1"], [2, 4], [1, 2], [1, 2]
+    a.segments = [1, 2]
     a.settings = [s for s in a.settings if s.partition(":")[0] in QUICK]
   tb = None
   if not a.no_torch:

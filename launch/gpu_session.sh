@@ -3,7 +3,8 @@
 #   1. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side (its tables
 #      are written section by section, so a phase cut by its limit keeps what it finished),
 #      then experts and evaluation seeds under vmap with im2col convolutions, then the
-#      K-experts curve of a width-32 ConvNet (one that leaves more of the GPU idle);
+#      K-experts curve of a width-32 ConvNet (one that leaves more of the GPU idle), then the
+#      CIFAR-10 IPC 1 step matching k trajectory segments per iteration;
 #   2. only when T_EXPERTS, T_DISTILL, T_EVAL > 0 (the first device session ran it:
 #      launch/results/gpu_c10_ipc1/), the CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128)
 #      cut to fit: EXPERTS experts of EXPERT_EPOCHS epochs (IPC 1 reads no snapshot past
@@ -24,8 +25,8 @@
 #          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip \
 #          timeout 580 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
-# benchmark_gpu.md, benchmark_gpu_im2col.md, benchmark_gpu_narrow.md, and when the CIFAR-10
-# phases ran c10_ipc1_results.json, syn_images.png, outputs.tar (the rest of the run)
+# benchmark_gpu{,_im2col,_narrow,_segments}.md, and when the CIFAR-10 phases ran
+# c10_ipc1_results.json and outputs.tar (the rest of the run, syn_images.png included)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -37,6 +38,7 @@ EXPERT_EPOCHS=${EXPERT_EPOCHS:-6}
 T_BENCH=${T_BENCH:-200}
 T_BENCH_IM2COL=${T_BENCH_IM2COL:-60}
 T_BENCH_NARROW=${T_BENCH_NARROW:-60}
+T_BENCH_SEGMENTS=${T_BENCH_SEGMENTS:-90}
 T_EXPERTS=${T_EXPERTS:-0}
 T_DISTILL=${T_DISTILL:-0}
 T_EVAL=${T_EVAL:-0}
@@ -86,6 +88,9 @@ phase benchmark_im2col "$T_BENCH_IM2COL" $PY launch/benchmark.py --sections=expe
 phase benchmark_narrow "$T_BENCH_NARROW" $PY launch/benchmark.py --sections=experts --width=32 \
   --expert_k=1,2,4,8,16,32,64 --expert_loops=vmap,map --repeats=3 --matmul_size=8192 \
   --out "$OUT/benchmark_gpu_narrow.md"
+# k trajectory segments per iteration at CIFAR-10 IPC 1 (SPEC §3: a way to fill a large GPU).
+phase benchmark_segments "$T_BENCH_SEGMENTS" $PY launch/benchmark.py --sections=segments \
+  --segments=1,2,4,8 --segment_loops=map,vmap --repeats=3 --out "$OUT/benchmark_gpu_segments.md"
 phase c10_experts "$T_EXPERTS" $M $C10 --mode=experts --config.experts.num_experts="$EXPERTS" \
   --config.experts.epochs="$EXPERT_EPOCHS" --config.experts.parallel=5 $EXTRA
 phase c10_distill "$T_DISTILL" $M $C10 --mode=distill --config.experts.num_experts="$EXPERTS" \
@@ -97,10 +102,9 @@ phase r1_experts "$T_R1" $M --config=configs/cifar10_r1.py --workdir="$ROOT/r1" 
 
 W="$ROOT/c10_ipc1"
 cp "$W/results.json" "$OUT/c10_ipc1_results.json" 2>/dev/null
-cp "$W/syn_images.png" "$OUT/syn_images.png" 2>/dev/null
 KEEP=()
 for f in "$ROOT/r1/experts" "$ROOT/r1/metrics.jsonl" "$W/syn_set.npz" "$W/config.json" \
-         "$W/metrics.jsonl"; do
+         "$W/metrics.jsonl" "$W/syn_images.png"; do
   [ -e "$f" ] && KEEP+=("$f")
 done
 [ ${#KEEP[@]} -gt 0 ] && tar -cf "$OUT/outputs.tar" "${KEEP[@]}" 2>> "$LOG"
