@@ -411,7 +411,7 @@ def cost_flops(compiled) -> float | None:
     return None
 
 
-def matmul_rate(n: int, repeats: int) -> float | None:
+def matmul_rate(n: int, repeats: int) -> float:
   """FLOP/s of an (n, n) @ (n, n) float32 matmul: the device's compute ceiling, as JAX gets it."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
   mm = jax.jit(lambda a: a @ a).lower(x).compile()
