@@ -176,8 +176,8 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
                      f"{tuple(x_test.shape[1:])}; they come from different datasets")
   if not np.isfinite(lr) or lr <= 0:
     raise ValueError(f"evaluation learning rate must be positive and finite, got {lr}")
-  num_devices = 1 if mesh is None else mesh.size
-  cfg = dataclasses.replace(cfg, seed_loop=resolve_seed_loop(cfg.seed_loop, num_devices))
+  cfg = dataclasses.replace(
+      cfg, seed_loop=resolve_seed_loop(cfg.seed_loop, sharding.num_devices(mesh)))
   train = make_trainer(network, cfg, syn_images.shape[-4], tuple(syn_images.shape[-3:]),
                        per_seed)
   keys = sharding.shard_leading(jnp.stack([jax.random.PRNGKey(s) for s in seeds]), mesh)

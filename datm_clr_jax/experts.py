@@ -167,7 +167,7 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
   if not todo:
     logging.info("experts: all %d already trained in %s", num_experts, root)
     return
-  loop = sharding.resolve_network_loop(loop, 1 if mesh is None else mesh.size, "experts.loop")
+  loop = sharding.resolve_network_loop(loop, sharding.num_devices(mesh), "experts.loop")
   epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
                               strategy=strategy, dsa_mode=dsa_mode, gsam=gsam, loop=loop)
   tester = evaluate.make_tester(network, loop)

@@ -260,7 +260,7 @@ class Run:
         proj_hidden=c.proj_hidden, proj_dim=c.proj_dim, learn_labels=d.learn_labels,
         remat=d.remat, remat_convs=d.remat_convs, unroll=d.scan_unroll,
         num_segments=d.num_segments, segment_loop=sharding.resolve_network_loop(
-            d.segment_loop, 1 if self.mesh is None else self.mesh.size, "distill.segment_loop"))
+            d.segment_loop, sharding.num_devices(self.mesh), "distill.segment_loop"))
     opt = distill.OuterOptim(lr_img=d.lr_img, lr_lr=d.lr_lr, lr_y=d.lr_y, lr_head=c.lr_head,
                              momentum_img=d.momentum_img, momentum_lr=d.momentum_lr,
                              momentum_y=d.momentum_y, momentum_head=c.momentum_head)

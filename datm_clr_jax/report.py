@@ -73,7 +73,7 @@ def protocol_label(r: dict) -> str:
     diffs.append("JPEG CIFAR copy")
   n = f"N={p['num_inner_steps']}" if "num_inner_steps" in p else ""
   if p.get("num_segments", 1) != 1:
-    # The caption's reading of Table 3's "Multiple": several trajectories matched at once.
+    # The caption's reading of Table 3's "Multiple": several trajectories per iteration.
     n = ", ".join(filter(None, [n, f"{p['num_segments']} trajectory segments per iteration"]))
   label = "full" if not diffs else "reduced: " + ", ".join(diffs)
   return f"{label}; {n}" if n else label

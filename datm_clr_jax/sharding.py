@@ -67,6 +67,11 @@ def device_mesh(enabled: bool = True) -> Mesh | None:
   return Mesh(np.asarray(devices), (AXIS,))
 
 
+def num_devices(mesh: Mesh | None) -> int:
+  """How many devices a `device_mesh()` result spans (1 for None)."""
+  return 1 if mesh is None else mesh.size
+
+
 def _spec(x, mesh: Mesh) -> PartitionSpec:
   splittable = np.ndim(x) > 0 and np.shape(x)[0] % mesh.size == 0
   return PartitionSpec(AXIS) if splittable else PartitionSpec()

@@ -457,7 +457,7 @@ def section_experts(a, tb):
   x = rng.standard_normal((n, *shape)).astype(np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
   mesh = sharding.device_mesh()
-  devices = 1 if mesh is None else mesh.size
+  devices = sharding.num_devices(mesh)
   xd, yd = sharding.replicate((jnp.asarray(x), jnp.asarray(y)), mesh)
   flat = np.asarray(net.init_flat(jax.random.PRNGKey(0), shape))
   flops_per_image = training_flops_per_image("convnet", shape, a.width, batch)
@@ -523,7 +523,7 @@ def section_eval(a, tb):
         tb, net, flat, xt, yt, steps=total_steps, batch=min(n, cfg.batch_size), lr=0.01,
         momentum=0.9, wd=5e-4), a.repeats)
   mesh = sharding.device_mesh()
-  devices = 1 if mesh is None else mesh.size
+  devices = sharding.num_devices(mesh)
   for s in a.eval_seeds:
     keys = sharding.shard_leading(jax.random.split(jax.random.PRNGKey(0), s), mesh)
     args = (keys, *sharding.replicate((jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01)), mesh))
