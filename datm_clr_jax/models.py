@@ -462,15 +462,19 @@ class Network:
   num_params: int
   stateful: bool
 
-  def for_vmap(self) -> Network:
+  def for_vmap(self, backend: str | None = None) -> Network:
     """This network for parameter sets trained side by side under jax.vmap; same numbers.
 
     Batched over kernels, the hybrid convolution's XLA convolutions become grouped
     convolutions, which XLA:CPU runs far slower than im2col's batched matmuls (experts at
     K = 2 and 4 fell from 140 to 57 and 50 images/s: launch/results/benchmark_cpu.md as of
-    commit 3226fae), so vmapped networks use im2col.
+    commit 3226fae), so on the CPU (`backend`, default JAX's) vmapped networks use im2col.
+    Elsewhere an explicit 'hybrid' stays: its forward and input-gradient convolutions are
+    grouped, but its weight gradient is batched matmuls instead of the grouped weight-gradient
+    convolution that 'xla' gets under vmap (a candidate for GPUs: launch/gpu_session.sh).
     """
-    if getattr(self.module, "conv_impl", None) != "hybrid":
+    if (getattr(self.module, "conv_impl", None) != "hybrid"
+        or (backend or jax.default_backend()) != "cpu"):
       return self
     return dataclasses.replace(self, module=self.module.clone(conv_impl="im2col"))
 

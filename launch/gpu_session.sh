@@ -2,9 +2,10 @@
 # One GPU session, every phase under its own time limit (a lent device gives ~10 minutes):
 #   1. the benchmark harness (launch/benchmark.py), JAX and PyTorch side by side (its tables
 #      are written section by section, so a phase cut by its limit keeps what it finished),
-#      then experts and evaluation seeds under vmap with im2col convolutions, then the
-#      K-experts curve of a width-32 ConvNet (one that leaves more of the GPU idle), then the
-#      CIFAR-10 IPC 1 step matching k trajectory segments per iteration;
+#      then experts and evaluation seeds under vmap with im2col convolutions and with hybrid
+#      ones (grouped convolutions, weight gradients as batched matmuls), then the K-experts
+#      curve of a width-32 ConvNet (one that leaves more of the GPU idle), then the CIFAR-10
+#      IPC 1 step matching k trajectory segments per iteration;
 #   2. only when T_EXPERTS, T_DISTILL, T_EVAL > 0 (the first device session ran it:
 #      launch/results/gpu_c10_ipc1/), the CIFAR-10 IPC 1 protocol (SPEC §8, N = 80, width 128)
 #      cut to fit: EXPERTS experts of EXPERT_EPOCHS epochs (IPC 1 reads no snapshot past
@@ -25,7 +26,7 @@
 #          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip \
 #          timeout 580 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
-# benchmark_gpu{,_im2col,_narrow,_segments}.md, and when the CIFAR-10 phases ran
+# benchmark_gpu{,_im2col,_hybrid,_narrow,_segments}.md, and when the CIFAR-10 phases ran
 # c10_ipc1_results.json and outputs.tar (the rest of the run, syn_images.png included)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,7 @@ EXPERTS=${EXPERTS:-10}
 EXPERT_EPOCHS=${EXPERT_EPOCHS:-6}
 T_BENCH=${T_BENCH:-200}
 T_BENCH_IM2COL=${T_BENCH_IM2COL:-60}
+T_BENCH_HYBRID=${T_BENCH_HYBRID:-60}
 T_BENCH_NARROW=${T_BENCH_NARROW:-60}
 T_BENCH_SEGMENTS=${T_BENCH_SEGMENTS:-90}
 T_EXPERTS=${T_EXPERTS:-0}
@@ -84,6 +86,11 @@ phase benchmark "$T_BENCH" $PY launch/benchmark.py $BENCH_ARGS --out "$OUT/bench
 phase benchmark_im2col "$T_BENCH_IM2COL" $PY launch/benchmark.py --sections=experts,eval \
   --conv_impl=im2col --expert_k=1,2,4,8,16,32 --expert_loops=vmap --eval_seeds=1,5,10 \
   --eval_loops=vmap --repeats=3 --no_torch --out "$OUT/benchmark_gpu_im2col.md"
+# The same with hybrid convolutions: under vmap 'xla' differentiates into a grouped
+# weight-gradient convolution, 'hybrid' into batched matmuls (models.Network.for_vmap).
+phase benchmark_hybrid "$T_BENCH_HYBRID" $PY launch/benchmark.py --sections=experts,eval \
+  --conv_impl=hybrid --expert_k=1,2,4,8,16,32 --expert_loops=vmap --eval_seeds=1,5,10 \
+  --eval_loops=vmap --repeats=3 --no_torch --out "$OUT/benchmark_gpu_hybrid.md"
 # Width 32: a quarter of the channels, so one expert leaves more of the device for K at once.
 phase benchmark_narrow "$T_BENCH_NARROW" $PY launch/benchmark.py --sections=experts --width=32 \
   --expert_k=1,2,4,8,16,32,64 --expert_loops=vmap,map --repeats=3 --matmul_size=8192 \

@@ -108,6 +108,26 @@ def test_for_vmap_uses_im2col_with_the_same_numbers():
   np.testing.assert_allclose(v.apply_flat(p, x)[0], net.apply_flat(p, x)[0], atol=1e-5)
   xla = models.make_network("convnet", 10, (8, 8, 3), width=4, depth=2, conv_impl="xla")
   assert xla.for_vmap() is xla
+  # Off the CPU an explicit 'hybrid' keeps its matmul weight gradient under vmap.
+  assert net.for_vmap(backend="gpu") is net
+
+
+def test_hybrid_under_vmap_matches_xla():
+  """The hybrid form batched over kernels (what a GPU runs under vmap) gives XLA's gradients."""
+  shape = (8, 8, 3)
+  nets = {impl: models.make_network("convnet", 10, shape, width=16, depth=2, conv_impl=impl)
+          for impl in ("hybrid", "xla")}
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = jnp.stack([nets["xla"].init_flat(k, shape) for k in keys])
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, *shape))
+
+  def grads(net):
+    loss = lambda p, xb: jnp.sum(net.apply_flat(p, xb)[0] ** 2)
+    return jax.jit(jax.vmap(jax.grad(loss)))(params, x)
+
+  hybrid = nets["hybrid"].for_vmap(backend="gpu")
+  assert hybrid.module.conv_impl == "hybrid"
+  np.testing.assert_allclose(grads(hybrid), grads(nets["xla"]), rtol=1e-4, atol=1e-5)
 
 
 def test_instance_norm_matches_flax_group_norm():
