@@ -27,7 +27,7 @@
 #          timeout 580 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
 # benchmark_gpu{,_im2col,_hybrid,_narrow,_segments}.md, and when the CIFAR-10 phases ran
-# c10_ipc1_results.json and outputs.tar (the rest of the run, syn_images.png included)
+# outputs.tar (their results.json, syn_images.png and the rest of the run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -108,10 +108,9 @@ phase r1_experts "$T_R1" $M --config=configs/cifar10_r1.py --workdir="$ROOT/r1" 
   $SRC --config.data.cache_dir="$ROOT/cache" $R1_EXTRA
 
 W="$ROOT/c10_ipc1"
-cp "$W/results.json" "$OUT/c10_ipc1_results.json" 2>/dev/null
 KEEP=()
-for f in "$ROOT/r1/experts" "$ROOT/r1/metrics.jsonl" "$W/syn_set.npz" "$W/config.json" \
-         "$W/metrics.jsonl" "$W/syn_images.png"; do
+for f in "$ROOT/r1/experts" "$ROOT/r1/metrics.jsonl" "$W/results.json" "$W/syn_set.npz" \
+         "$W/config.json" "$W/metrics.jsonl" "$W/syn_images.png"; do
   [ -e "$f" ] && KEEP+=("$f")
 done
 [ ${#KEEP[@]} -gt 0 ] && tar -cf "$OUT/outputs.tar" "${KEEP[@]}" 2>> "$LOG"
