@@ -136,7 +136,6 @@ def test_fusion_leaves_the_datm_trajectory_untouched():
   np.testing.assert_allclose(total_f, tm_f + 0.3 * con_f, rtol=1e-6)
 
 
-@functools.lru_cache(maxsize=None)
 @pytest.mark.parametrize("loop", ["map", "vmap"])
 def test_segments_average_their_single_matches(loop):
   """k segments: the loss and its gradient are the mean of k single-segment outer losses."""
@@ -182,6 +181,7 @@ def test_one_segment_is_the_single_match():
   assert float(total) == float(single)
 
 
+@functools.lru_cache(maxsize=None)
 def _state_and_step(lr_lr=1e-7, threshold=10.0):
   """Cached: each distinct jitted step costs seconds of XLA compilation."""
   net, cfg, feat, images, labels, theta0, target = _setup(threshold=threshold)
