@@ -36,11 +36,11 @@ DATA=${DATA:-../shared/data/cifar10-jpeg.zip}
 ROOT=${ROOT:-checkpoints/gpu}
 EXPERTS=${EXPERTS:-10}
 EXPERT_EPOCHS=${EXPERT_EPOCHS:-6}
-T_BENCH=${T_BENCH:-200}
+T_BENCH=${T_BENCH:-240}
 T_BENCH_IM2COL=${T_BENCH_IM2COL:-60}
 T_BENCH_HYBRID=${T_BENCH_HYBRID:-60}
 T_BENCH_NARROW=${T_BENCH_NARROW:-60}
-T_BENCH_SEGMENTS=${T_BENCH_SEGMENTS:-90}
+T_BENCH_SEGMENTS=${T_BENCH_SEGMENTS:-100}
 T_EXPERTS=${T_EXPERTS:-0}
 T_DISTILL=${T_DISTILL:-0}
 T_EVAL=${T_EVAL:-0}
@@ -50,8 +50,9 @@ EXTRA=${EXTRA:-}              # more --config overrides (local smoke runs)
 R1_EXTRA=${R1_EXTRA:-}
 # What the first device session (launch/results/benchmark_gpu.md) left open: vmap against map
 # for experts and evaluation seeds, the 'convs kept' rows at IPC 50 and CIFAR-100 IPC 10, the
-# N = 80 no-remat plan, the test pass and the scan unroll.
-BENCH_ARGS=${BENCH_ARGS:---sections=experts,eval,distill,memory,test,unroll --settings=c10_ipc50,c100_ipc10 --remat=convs --skip_full --expert_k=1,2,4,8,16,32 --expert_loops=vmap,map --matmul_size=8192 --eval_seeds=1,5,10 --eval_loops=vmap,map --memory_settings=c100_ipc10 --memory_steps=80 --unrolls=1,4 --repeats=3}
+# N = 80 no-remat plan, the test pass and the scan unroll. Memory goes last: its two N = 80
+# compiles of the full step take the longest (the first session's log: 20-40 s each).
+BENCH_ARGS=${BENCH_ARGS:---sections=experts,eval,distill,test,unroll,memory --settings=c10_ipc50,c100_ipc10 --remat=convs --skip_full --expert_k=1,2,4,8,16,32 --expert_loops=vmap,map --matmul_size=8192 --eval_seeds=1,5,10 --eval_loops=vmap,map --memory_settings=c100_ipc10 --memory_steps=80 --unrolls=1,4 --repeats=3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
@@ -97,7 +98,7 @@ phase benchmark_narrow "$T_BENCH_NARROW" $PY launch/benchmark.py --sections=expe
   --out "$OUT/benchmark_gpu_narrow.md"
 # k trajectory segments per iteration at CIFAR-10 IPC 1 (SPEC §3: a way to fill a large GPU).
 phase benchmark_segments "$T_BENCH_SEGMENTS" $PY launch/benchmark.py --sections=segments \
-  --segments=1,2,4,8 --segment_loops=map,vmap --repeats=3 --out "$OUT/benchmark_gpu_segments.md"
+  --segments=1,4 --segment_loops=map,vmap --repeats=3 --out "$OUT/benchmark_gpu_segments.md"
 phase c10_experts "$T_EXPERTS" $M $C10 --mode=experts --config.experts.num_experts="$EXPERTS" \
   --config.experts.epochs="$EXPERT_EPOCHS" --config.experts.parallel=5 $EXTRA
 phase c10_distill "$T_DISTILL" $M $C10 --mode=distill --config.experts.num_experts="$EXPERTS" \
