@@ -143,10 +143,6 @@ def collect(results: list[dict], method: str, setting, arch: str = "convnet",
       continue
     if method == "random_real":
       block = r.get("random_real", {})
-      key = (protocol_label(r), tuple(r.get("eval_seeds") or [r["_path"]]))
-      if key in seen:
-        continue
-      seen.add(key)
     elif r.get("method") == method and (method != "datm_clr" or clr_key(r) == clr):
       block = r.get("distilled", {})
     else:
@@ -154,6 +150,13 @@ def collect(results: list[dict], method: str, setting, arch: str = "convnet",
     label = protocol_label(r)
     if arch not in block or (protocol is not None and label != protocol):
       continue
+    if method == "random_real":
+      # Checked only now: a cross-architecture evaluation may have added random real to one
+      # of the runs that share these subsets, and that run is the one to read.
+      key = (label, tuple(r.get("eval_seeds") or [r["_path"]]))
+      if key in seen:
+        continue
+      seen.add(key)
     means.append(block[arch]["mean"])
     evals.append(len(block[arch]["runs"]))
     labels.add(label)

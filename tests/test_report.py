@@ -114,3 +114,13 @@ def test_protocol_label_names_trajectory_segments():
   assert report.protocol_label(r) == "full; N=80, 4 trajectory segments per iteration"
   # Never pooled with single-segment runs: cells split by protocol label.
   assert report.protocol_label(r) != single
+
+
+def test_random_real_of_another_architecture_is_read_from_the_run_that_has_it(tmp_path):
+  clr = fake_result("datm_clr", 30.0)  # shares datm's evaluation seeds, read first
+  datm = fake_result("datm", 28.0)
+  datm["random_real"]["vgg11"] = {"mean": 15.0, "std": 1.6, "runs": [15.0]}
+  write(tmp_path, "a_clr", clr)
+  write(tmp_path, "b_datm", datm)
+  text = report.build_report(report.load_results([tmp_path]))
+  assert "| Random real | 20.00 x1 [1] | 15.46 | not run | 13.97 | 15.00 x1 [1] | 12.07 |" in text
