@@ -21,6 +21,7 @@
 #   here:  mkdir -p .gpu_carry && cp ../shared/data/cifar10-jpeg.zip .gpu_carry/ &&
 #          cp /opt/pypi/files/ml_collections-1.1.0-py3-none-any.whl .gpu_carry/ &&
 #          echo /.gpu_carry/ >> .git/info/exclude
+#          (the zip is read only by the CIFAR-10 phases, off by default: without it less travels)
 #   run (carry [".gpu_carry"], timeout 600):
 #          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
 #          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip \
