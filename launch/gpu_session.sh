@@ -52,7 +52,7 @@ R1_EXTRA=${R1_EXTRA:-}
 # What the first device session (launch/results/benchmark_gpu.md) left open: vmap against map
 # for experts and evaluation seeds, the 'convs kept' rows at IPC 50 and CIFAR-100 IPC 10, the
 # N = 80 no-remat plan, the test pass and the scan unroll. Memory goes last: its two N = 80
-# compiles of the full step take the longest (the first session's log: 20-40 s each).
+# compiles of the full step take the longest (the first session: 19.6-40.9 s each).
 BENCH_ARGS=${BENCH_ARGS:---sections=experts,eval,distill,test,unroll,memory --settings=c10_ipc50,c100_ipc10 --remat=convs --skip_full --expert_k=1,2,4,8,16,32 --expert_loops=vmap,map --matmul_size=8192 --eval_seeds=1,5,10 --eval_loops=vmap,map --memory_settings=c100_ipc10 --memory_steps=80 --unrolls=1,4 --repeats=3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
