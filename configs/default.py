@@ -106,6 +106,7 @@ def get_config():
   config.eval.momentum = 0.9
   config.eval.weight_decay = 5e-4
   config.eval.seed_loop = "auto"  # vmap | map (seeds in turn) | auto: map on one device.
+  config.eval.progress_every = 100  # Log every this many epochs of a seed, and the last (0: off).
   config.eval.random_real = True  # Also evaluate random real images (same IPC, hard labels).
   config.eval.random_real_lr = 0.01  # Learning rate of the random-real baseline.
   config.eval.synset = ""  # Evaluate this set instead: export/syn_set.npz or a reference folder.

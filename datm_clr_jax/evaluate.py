@@ -9,18 +9,22 @@ the loss is cross-entropy against the label distribution. All seeds train in one
 function: under `jax.vmap` (seed_loop 'vmap', the default across devices) or one after
 another under `lax.map` ('map', the default on one device, where batching the seeds'
 convolutions made training slower than running them in turn: launch/results/eval_seed_loop.md
-on the CPU, launch/results/benchmark_gpu.md on an H200).
+on the CPU, launch/results/benchmark_gpu.md on an H200). With `progress_every` the compiled
+loop reports its epoch to the host (jax.debug.callback), so a long evaluation logs progress and
+an estimate of the time left; the trained networks are the same bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from datm_clr_jax import augment, losses, sharding
 from datm_clr_jax.models import Network
@@ -35,6 +39,7 @@ class EvalConfig:
   strategy: str = augment.DEFAULT_STRATEGY
   dsa_mode: str = "single"
   seed_loop: str = "auto"  # 'vmap' | 'map' | 'auto' (resolve_seed_loop)
+  progress_every: int = 0  # log every this many epochs of each seed (0: no progress lines)
 
 
 SEED_LOOPS = sharding.NETWORK_LOOPS
@@ -43,6 +48,47 @@ SEED_LOOPS = sharding.NETWORK_LOOPS
 def resolve_seed_loop(seed_loop: str, num_devices: int = 1) -> str:
   """'auto' -> 'map' on a single device, else 'vmap' (seeds sharded over devices need it)."""
   return sharding.resolve_network_loop(seed_loop, num_devices, "eval seed_loop")
+
+
+class _Progress:
+  """Host side of the trainers' progress lines; `start` is called before each evaluation.
+
+  One instance serves every compiled trainer (the callback is fixed when a trainer compiles,
+  and trainers are cached), so the label and clock of the evaluation now running live here.
+  """
+
+  def __init__(self):
+    self.start("evaluate", num_seeds=1, in_turn=False)
+
+  def start(self, label: str, num_seeds: int, in_turn: bool):
+    self.label, self.num_seeds, self.in_turn = label, num_seeds, in_turn
+    self.seed, self.last_epoch, self.first = 0, None, None
+    self.t0 = time.time()
+
+  def __call__(self, epoch, epochs):
+    """epoch: the 0-based index of the epoch just trained, of 0..epochs (the reference's loop)."""
+    epoch, epochs = int(epoch), int(epochs)
+    # Under lax.map the seeds run in turn: the epoch count starting again means the next seed.
+    if self.in_turn and self.last_epoch is not None and epoch <= self.last_epoch:
+      self.seed += 1
+    self.last_epoch = epoch
+    seeds = self.num_seeds if self.in_turn else 1
+    done = (min(self.seed, seeds - 1) * (epochs + 1) + epoch + 1) / (seeds * (epochs + 1))
+    now = time.time()
+    # The time left is extrapolated from the first line on, so compilation does not count.
+    left = ""
+    if self.first is None:
+      self.first = (now, done)
+    elif done > self.first[1]:
+      rate = (now - self.first[0]) / (done - self.first[1])
+      left = f", about {rate * (1 - done):.0f}s left"
+    which = (f"seed {self.seed + 1}/{self.num_seeds}" if self.in_turn
+             else f"{self.num_seeds} seed(s) at once")
+    logging.info("%s: epoch %d/%d of %s, %.0f%% (%.0fs%s)", self.label, epoch, epochs,
+                 which, 100 * done, now - self.t0, left)
+
+
+_progress = _Progress()
 
 
 def _loss_fn(network: Network, variables, x, y, w):
@@ -92,7 +138,7 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
 
     def epoch(carry, xs):
       variables, opt_state = carry
-      k, lr_e, fresh = xs
+      k, lr_e, fresh, e = xs
       opt_state = jax.tree.map(lambda s: jnp.where(fresh, jnp.zeros_like(s), s), opt_state)
       k_perm, k_aug = jax.random.split(k)
       perm = jax.random.permutation(k_perm, num_syn)
@@ -115,10 +161,17 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
 
       xs = (order.reshape(steps, batch), mask.reshape(steps, batch),
             jax.random.split(k_aug, steps))
-      return jax.lax.scan(step, (variables, opt_state), xs)[0], None
+      carry = jax.lax.scan(step, (variables, opt_state), xs)[0]
+      if cfg.progress_every:
+        # The epoch index is the same for every seed, so under vmap the predicate stays
+        # unbatched and this remains a real branch: one host call per report, not per epoch.
+        report = ((e % cfg.progress_every == 0) & (e > 0)) | (e == cfg.epochs)
+        jax.lax.cond(report, lambda: jax.debug.callback(_progress, e, cfg.epochs), lambda: None)
+      return carry, None
 
     carry = (variables, tx.init(variables["params"]))
-    (variables, _), _ = jax.lax.scan(epoch, carry, (epoch_keys, epoch_lrs, reset))
+    xs = (epoch_keys, epoch_lrs, reset, jnp.arange(num_epochs))
+    (variables, _), _ = jax.lax.scan(epoch, carry, xs)
     return variables
 
   data_axis = 0 if per_seed_data else None
@@ -157,7 +210,8 @@ def make_tester(network: Network, loop: str = "vmap", chunk: int = 1000):
 
 
 def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test, y_test, *,
-                    seeds: list[int], cfg: EvalConfig, mesh=None) -> list[float]:
+                    seeds: list[int], cfg: EvalConfig, mesh=None,
+                    label: str = "evaluate") -> list[float]:
   """Trains one network per seed on the synthetic set and returns test accuracies in percent.
 
   Args:
@@ -168,6 +222,7 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
     x_test, y_test: (M, H, W, C), (M,).
     seeds: one evaluation run per seed.
     mesh: a `sharding.device_mesh()`: the seeds' networks are spread over its devices.
+    label: what the progress lines (cfg.progress_every) begin with.
   """
   syn_images = jnp.asarray(syn_images, jnp.float32)
   per_seed = syn_images.ndim == 5
@@ -183,6 +238,7 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
   keys = sharding.shard_leading(jnp.stack([jax.random.PRNGKey(s) for s in seeds]), mesh)
   data = (syn_images, jnp.asarray(label_probs, jnp.float32))
   data = sharding.shard_leading(data, mesh) if per_seed else sharding.replicate(data, mesh)
+  _progress.start(label, len(seeds), in_turn=cfg.seed_loop == "map")
   variables = train(keys, *data, jnp.asarray(lr, jnp.float32))
   acc = make_tester(network, cfg.seed_loop)(variables, x_test, y_test)
   return [float(100 * a) for a in acc]

@@ -99,6 +99,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field, v in positive.items():
     if not v > 0:
       raise ConfigError(f"config.{field} must be positive, got {v}")
+  if not config.eval.progress_every >= 0:
+    raise ConfigError(f"config.eval.progress_every must be >= 0 (0: no progress lines), got "
+                      f"{config.eval.progress_every}")
   if not 0 <= d.min_start_epoch < d.max_start_epoch:
     raise ConfigError(f"need 0 <= distill.min_start_epoch ({d.min_start_epoch}) < "
                       f"distill.max_start_epoch ({d.max_start_epoch})")
@@ -473,7 +476,8 @@ class Run:
     p = self.prepared
     cfg = evaluate.EvalConfig(epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
                               weight_decay=e.weight_decay, strategy=self.config.dsa.strategy,
-                              dsa_mode=self.config.dsa.mode, seed_loop=e.seed_loop)
+                              dsa_mode=self.config.dsa.mode, seed_loop=e.seed_loop,
+                              progress_every=e.progress_every)
     seeds = [10_000 + 100 * self.config.seed + i for i in range(e.num_eval)]
     probs = jax.nn.softmax(syn_labels, axis=-1)
     method = "datm_clr" if self._step_setup()[1].contrast_on else "datm"
@@ -509,7 +513,8 @@ class Run:
       for name, images, labels, lr in sets:
         t0 = time.time()
         runs = evaluate.evaluate_synset(net, images, labels, lr, p.x_test, p.dataset.y_test,
-                                        seeds=seeds, cfg=cfg, mesh=self.mesh)
+                                        seeds=seeds, cfg=cfg, mesh=self.mesh,
+                                        label=f"evaluate {name.replace('_', ' ')} ({arch})")
         results[name][arch] = evaluate.summarize(runs)
         self.log({"phase": "evaluate", "set": name, "arch": arch, "runs": runs,
                   "seconds": round(time.time() - t0, 2)})

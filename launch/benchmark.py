@@ -31,7 +31,8 @@ Sections (each prints a markdown table; --out also writes them to a file):
            (JAX, seeds under vmap or in turn under lax.map: --eval_loops) against S
            sequential PyTorch runs (SGD momentum + weight decay, no DSA in either;
            --eval_dsa adds DSA to the JAX runs and drops PyTorch). --eval_arch times another
-           network (models.ARCHS), JAX only.
+           network (models.ARCHS), JAX only. --eval_progress=0,P times the loop without and
+           with its progress callback every P epochs (eval.progress_every).
   test     the test-set pass after evaluation training: S networks' accuracy on
            --test_images images (evaluate.make_tester, networks under vmap or in turn:
            --eval_loops, --eval_seeds) for each of --test_archs, against S sequential PyTorch
@@ -46,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import os
 import platform
 import statistics
@@ -527,15 +529,17 @@ def section_eval(a, tb):
   for s in a.eval_seeds:
     keys = sharding.shard_leading(jax.random.split(jax.random.PRNGKey(0), s), mesh)
     args = (keys, *sharding.replicate((jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01)), mesh))
-    for loop in a.eval_loops:
+    for loop, every in itertools.product(a.eval_loops, a.eval_progress):
       resolved = evaluate.resolve_seed_loop(loop, devices)
-      trainer = evaluate.make_trainer(net, dataclasses.replace(cfg, seed_loop=resolved), n, shape)
+      trainer = evaluate.make_trainer(
+          net, dataclasses.replace(cfg, seed_loop=resolved, progress_every=every), n, shape)
       t0 = time.perf_counter()
       compiled = trainer.lower(*args).compile()
       c = time.perf_counter() - t0
       t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
       tt = None if t_torch1 is None else s * t_torch1
-      rows.append([s, loop_label(loop, resolved), devices, a.eval_arch, n, a.eval_epochs,
+      label = loop_label(loop, resolved) + (f", progress every {every}" if every else "")
+      rows.append([s, label, devices, a.eval_arch, n, a.eval_epochs,
                    a.width, f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
       print("[eval]", rows[-1], flush=True)
   return table(["seeds", "seed loop", "devices", "network", "images", "epochs", "width",
@@ -628,6 +632,8 @@ def main(argv=None):
   p.add_argument("--eval_seeds", type=ints, default=[1, 5])
   p.add_argument("--eval_loops", type=csv, default=["auto"],
                  help="evaluation seed loops to time: auto, vmap, map (evaluate.SEED_LOOPS)")
+  p.add_argument("--eval_progress", type=ints, default=[0],
+                 help="eval section: progress callback every this many epochs (0: none)")
   p.add_argument("--eval_dsa", default="",
                  help="DSA strategy for the evaluation section ('' = none, as PyTorch's loop)")
   p.add_argument("--eval_arch", default="convnet",

@@ -108,6 +108,30 @@ def test_seeds_in_turn_match_seeds_under_vmap(per_seed_data):
     evaluate.resolve_seed_loop("pmap")
 
 
+@pytest.mark.parametrize("loop", ["vmap", "map"])
+def test_progress_lines_follow_the_epochs_and_change_nothing(loop, monkeypatch):
+  lines = []
+  monkeypatch.setattr(evaluate.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+  x, y = _blobs(2)
+  x_test, y_test = _blobs(5, seed=1)
+  net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1)
+  probs = np.eye(3, dtype=np.float32)[y]
+  cfg = dataclasses.replace(CFG, epochs=5, seed_loop=loop)  # epochs 0..5: lines at 2, 4, 5
+  run = lambda every: evaluate.evaluate_synset(
+      net, x, probs, 0.01, x_test, y_test, seeds=[0, 1], label="eval test",
+      cfg=dataclasses.replace(cfg, progress_every=every))
+  quiet = run(0)
+  assert lines == []
+  assert run(2) == quiet  # the host callback leaves the training bit for bit the same
+  which = (["seed 1/2"] * 3 + ["seed 2/2"] * 3 if loop == "map" else ["2 seed(s) at once"] * 3)
+  epochs = [2, 4, 5] * (2 if loop == "map" else 1)
+  assert len(lines) == len(epochs)
+  for line, e, w in zip(lines, epochs, which):
+    assert line.startswith(f"eval test: epoch {e}/5 of {w}, "), line
+  assert ("50%" if loop == "map" else "100%") in lines[2]
+  assert "100%" in lines[-1] and "left" in lines[-1]
+
+
 def test_batch_norm_network_evaluates_with_running_statistics():
   x, y = _blobs(2)
   # A ConvNet with norm='batch' takes the same stateful path as resnet18_bn / vgg11_bn at a

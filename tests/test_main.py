@@ -122,7 +122,8 @@ def test_incompatible_settings_are_named():
                                 ("distill.select", "test", "distill.select"),
                                 ("eval.archs", ("resnet18,vgg11",), "as a tuple"),
                                 ("distill.num_segments", 0, "distill.num_segments"),
-                                ("distill.segment_loop", "pmap", "distill.segment_loop")]:
+                                ("distill.segment_loop", "pmap", "distill.segment_loop"),
+                                ("eval.progress_every", -1, "eval.progress_every")]:
     config = tiny_config()
     config[field.split(".")[0]][field.split(".")[1]] = value
     with pytest.raises(pipeline.ConfigError, match=message):
