@@ -109,5 +109,6 @@ def get_config():
   config.eval.progress_every = 100  # Log every this many epochs of a seed, and the last (0: off).
   config.eval.random_real = True  # Also evaluate random real images (same IPC, hard labels).
   config.eval.random_real_lr = 0.01  # Learning rate of the random-real baseline.
+  config.eval.resume = True  # Keep results.json's numbers of this same set; False: evaluate anew.
   config.eval.synset = ""  # Evaluate this set instead: export/syn_set.npz or a reference folder.
   return config

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -505,26 +506,43 @@ class Run:
                                       num_classes=self.num_classes, seed=s) for s in seeds]
       rr_images = np.stack([s[0] for s in subsets])
       rr_labels = np.stack([s[1] for s in subsets])
+    # An outside set's numbers must not overwrite this workdir's own results.
+    path = self.workdir / ("results_external.json" if external else "results.json")
+    # The file is rewritten after every (network, set), so a kill loses one evaluation at
+    # most, and with eval.resume a second call keeps what the file holds for this same set.
+    earlier = merge_archs(path, {**results, "distilled": {}, "random_real": {}})
     for arch in e.archs:
       net = self.network(arch)
       sets = [("distilled", syn_images, probs, syn_lr)]
       if e.random_real:
         sets.append(("random_real", rr_images, rr_labels, e.random_real_lr))
       for name, images, labels, lr in sets:
+        label = f"evaluate {name.replace('_', ' ')} ({arch})"
+        kept = earlier[name].get(arch) if e.resume else None
+        if kept is not None:
+          results[name][arch] = kept
+          logging.info("%s: %.2f +- %.2f, kept from %s (eval.resume)", label, kept["mean"],
+                       kept["std"], path)
+          continue
         t0 = time.time()
         runs = evaluate.evaluate_synset(net, images, labels, lr, p.x_test, p.dataset.y_test,
-                                        seeds=seeds, cfg=cfg, mesh=self.mesh,
-                                        label=f"evaluate {name.replace('_', ' ')} ({arch})")
+                                        seeds=seeds, cfg=cfg, mesh=self.mesh, label=label)
         results[name][arch] = evaluate.summarize(runs)
         self.log({"phase": "evaluate", "set": name, "arch": arch, "runs": runs,
                   "seconds": round(time.time() - t0, 2)})
-        logging.info("evaluate %s (%s): %.2f +- %.2f (%.1fs)", name.replace("_", " "), arch,
-                     np.mean(runs), np.std(runs), time.time() - t0)
-    # An outside set's numbers must not overwrite this workdir's own results.
-    path = self.workdir / ("results_external.json" if external else "results.json")
+        logging.info("%s: %.2f +- %.2f (%.1fs)", label, np.mean(runs), np.std(runs),
+                     time.time() - t0)
+        write_json(path, merge_archs(path, results))
     results = merge_archs(path, results)
-    path.write_text(json.dumps(results, indent=1))
+    write_json(path, results)
     return results
+
+
+def write_json(path: Path, obj) -> None:
+  """Writes obj as JSON through a temporary file, so a kill never leaves half a file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1))
+  os.replace(tmp, path)
 
 
 def merge_archs(path: Path, results: dict) -> dict:

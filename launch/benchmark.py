@@ -32,7 +32,7 @@ Sections (each prints a markdown table; --out also writes them to a file):
            sequential PyTorch runs (SGD momentum + weight decay, no DSA in either;
            --eval_dsa adds DSA to the JAX runs and drops PyTorch). --eval_arch times another
            network (models.ARCHS), JAX only. --eval_progress=0,P times the loop without and
-           with its progress callback every P epochs (eval.progress_every).
+           with its progress callback every P epochs (eval.progress_every), in turns.
   test     the test-set pass after evaluation training: S networks' accuracy on
            --test_images images (evaluate.make_tester, networks under vmap or in turn:
            --eval_loops, --eval_seeds) for each of --test_archs, against S sequential PyTorch
@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
-import itertools
 import os
 import platform
 import statistics
@@ -86,6 +86,21 @@ def median_time(fn, repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def median_times_interleaved(fns: list, repeats: int) -> list[float]:
+  """median_time of each fn, the calls taken in turns (ABAB..., reversed every other round),
+  so a machine that slows down or speeds up during the run favours none of them."""
+  for fn in fns:
+    fn()
+  times = [[] for _ in fns]
+  for r in range(repeats):
+    order = list(range(len(fns)))[::1 if r % 2 == 0 else -1]
+    for i in order:
+      t0 = time.perf_counter()
+      fns[i]()
+      times[i].append(time.perf_counter() - t0)
+  return [statistics.median(t) for t in times]
 
 
 OOM = "out of memory"  # a cell whose run did not fit in the device's memory
@@ -529,19 +544,26 @@ def section_eval(a, tb):
   for s in a.eval_seeds:
     keys = sharding.shard_leading(jax.random.split(jax.random.PRNGKey(0), s), mesh)
     args = (keys, *sharding.replicate((jnp.asarray(x), jnp.asarray(y), jnp.asarray(0.01)), mesh))
-    for loop, every in itertools.product(a.eval_loops, a.eval_progress):
+    for loop in a.eval_loops:
       resolved = evaluate.resolve_seed_loop(loop, devices)
-      trainer = evaluate.make_trainer(
-          net, dataclasses.replace(cfg, seed_loop=resolved, progress_every=every), n, shape)
-      t0 = time.perf_counter()
-      compiled = trainer.lower(*args).compile()
-      c = time.perf_counter() - t0
-      t = median_time(lambda: jax.block_until_ready(compiled(*args)), a.repeats)
-      tt = None if t_torch1 is None else s * t_torch1
-      label = loop_label(loop, resolved) + (f", progress every {every}" if every else "")
-      rows.append([s, label, devices, a.eval_arch, n, a.eval_epochs,
-                   a.width, f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
-      print("[eval]", rows[-1], flush=True)
+      # The --eval_progress variants are timed in turns: they differ by little, and drift
+      # between two blocks of calls on a busy machine was larger than that.
+      compiled, compile_s = [], []
+      for every in a.eval_progress:
+        trainer = evaluate.make_trainer(
+            net, dataclasses.replace(cfg, seed_loop=resolved, progress_every=every), n, shape)
+        t0 = time.perf_counter()
+        compiled.append(trainer.lower(*args).compile())
+        compile_s.append(time.perf_counter() - t0)
+      times = median_times_interleaved(
+          [functools.partial(lambda f: jax.block_until_ready(f(*args)), f) for f in compiled],
+          a.repeats)
+      for every, c, t in zip(a.eval_progress, compile_s, times):
+        tt = None if t_torch1 is None else s * t_torch1
+        label = loop_label(loop, resolved) + (f", progress every {every}" if every else "")
+        rows.append([s, label, devices, a.eval_arch, n, a.eval_epochs,
+                     a.width, f"{c:.1f} s", fmt_s(t), fmt_s(tt), ratio(tt, t)])
+        print("[eval]", rows[-1], flush=True)
   return table(["seeds", "seed loop", "devices", "network", "images", "epochs", "width",
                 "JAX compile", "JAX time", "PyTorch time (sequential)", "PyTorch/JAX"], rows)
 

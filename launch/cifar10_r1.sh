@@ -13,8 +13,7 @@ for seed in 0 1 2; do
     $PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/${method}_seed$seed \
       --config.experts.dir=$ROOT/experts_run/experts --config.data.cache_dir=$ROOT/cache \
       --config.seed=$seed --config.clr.alpha=$alpha --mode=distill
-    # Re-running this script resumes: finished runs are not evaluated again.
-    [ -f $ROOT/${method}_seed$seed/results.json ] || \
+    # Re-running this script resumes: what results.json holds is kept (eval.resume).
     $PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/${method}_seed$seed \
       --config.experts.dir=$ROOT/experts_run/experts --config.data.cache_dir=$ROOT/cache \
       --config.seed=$seed --config.clr.alpha=$alpha --mode=evaluate

@@ -75,7 +75,7 @@ def test_expert_trajectories_round_trip_and_resume(tmp_path):
     experts.train_experts(net, x, y, x, y, num_experts=3, **{**kw, "lr": 0.5})
 
 
-def test_resumed_distillation_continues_the_same_run(tmp_path):
+def test_resumed_distillation_continues_the_same_run(tmp_path, monkeypatch):
   # Also exercises validation selection (held-out split, best iteration kept) on the way.
   config = tiny_config()
   config.eval.random_real = False
@@ -98,6 +98,7 @@ def test_resumed_distillation_continues_the_same_run(tmp_path):
   results = straight.evaluate()
   assert results["protocol"]["selection"].startswith("best validation accuracy")
   assert f"iteration {best['iteration']}" in results["protocol"]["selection"]
+  _interrupted_evaluation_resumes(straight, results, monkeypatch)
   # Second workdir shares the experts; stop at iteration 2, then resume to 4.
   config.experts.dir = str(tmp_path / "a" / "experts")
   config.distill.iterations = 2
@@ -113,3 +114,34 @@ def test_resumed_distillation_continues_the_same_run(tmp_path):
   lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
   steps = [int(l.split('"step": ')[1].split(",")[0]) for l in lines if '"distill"' in l]
   assert steps == [1, 2, 3, 4]
+
+
+def _interrupted_evaluation_resumes(run, results, monkeypatch):
+  """results.json is written per (network, set); a second call keeps what it holds."""
+  path = run.workdir / "results.json"
+  calls, real = [], pipeline.evaluate.evaluate_synset
+
+  def recording(*args, label, **kw):
+    calls.append(label)
+    if label.startswith("evaluate random real") and len(calls) == 1:
+      raise KeyboardInterrupt  # killed during the second set
+    return real(*args, label=label, **kw)
+
+  monkeypatch.setattr(pipeline.evaluate, "evaluate_synset", recording)
+  run.config.eval.random_real = True
+  with pytest.raises(KeyboardInterrupt):
+    run.evaluate()
+  assert calls == ["evaluate random real (convnet)"]  # the distilled set's numbers were kept
+  assert json.loads(path.read_text())["distilled"] == results["distilled"]
+  resumed = run.evaluate()
+  assert calls[1:] == ["evaluate random real (convnet)"]
+  assert resumed["distilled"] == results["distilled"] and "convnet" in resumed["random_real"]
+  # eval.resume=False evaluates both sets again, to the same numbers (the same seeds).
+  run.config.eval.resume = False
+  again = run.evaluate()
+  assert calls[2:] == ["evaluate distilled (convnet)", "evaluate random real (convnet)"]
+  assert again["distilled"] == resumed["distilled"]
+  assert again["random_real"] == resumed["random_real"]
+  assert json.loads(path.read_text()) == again
+  run.config.eval.random_real, run.config.eval.resume = False, True
+  monkeypatch.undo()
