@@ -240,6 +240,9 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
   data = sharding.shard_leading(data, mesh) if per_seed else sharding.replicate(data, mesh)
   _progress.start(label, len(seeds), in_turn=cfg.seed_loop == "map")
   variables = train(keys, *data, jnp.asarray(lr, jnp.float32))
+  if cfg.progress_every:  # the test pass has no epochs to report; say that it has begun
+    jax.block_until_ready(variables)
+    logging.info("%s: testing %d network(s) on %d images", label, len(seeds), len(x_test))
   acc = make_tester(network, cfg.seed_loop)(variables, x_test, y_test)
   return [float(100 * a) for a in acc]
 

@@ -125,7 +125,8 @@ def test_progress_lines_follow_the_epochs_and_change_nothing(loop, monkeypatch):
   assert run(2) == quiet  # the host callback leaves the training bit for bit the same
   which = (["seed 1/2"] * 3 + ["seed 2/2"] * 3 if loop == "map" else ["2 seed(s) at once"] * 3)
   epochs = [2, 4, 5] * (2 if loop == "map" else 1)
-  assert len(lines) == len(epochs)
+  assert len(lines) == len(epochs) + 1
+  assert lines.pop() == "eval test: testing 2 network(s) on 15 images"
   for line, e, w in zip(lines, epochs, which):
     assert line.startswith(f"eval test: epoch {e}/5 of {w}, "), line
   assert ("50%" if loop == "map" else "100%") in lines[2]
