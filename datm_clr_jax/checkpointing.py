@@ -2,11 +2,15 @@
 
 Writes are atomic (orbax writes to a temporary directory and renames), so a kill mid-save leaves
 the previous checkpoint intact. Unreadable checkpoints raise `CheckpointError` with the path.
+The small JSON files beside the checkpoints (results, selection, expert metadata) are written
+the same way, through `write_json`.
 """
 
 from __future__ import annotations
 
+import json
 import logging as std_logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,13 @@ class _QuietOrbax(std_logging.Filter):
 
 
 std_logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+def write_json(path: Path, obj) -> None:
+  """Writes obj as JSON through a temporary file, so a kill never leaves half a file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1))
+  os.replace(tmp, path)
 
 
 class CheckpointError(RuntimeError):

@@ -117,7 +117,7 @@ def _write_meta(root: Path, meta: dict) -> None:
           "workdir or delete the experts folder")
   else:
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=1))
+    checkpointing.write_json(path, meta)
 
 
 def finished_experts(root) -> list[int]:

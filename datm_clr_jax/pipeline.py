@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -369,7 +368,7 @@ class Run:
                    " (best so far)" if improved else "")
       if improved:
         checkpointing.save_tree(self.best_dir / "state", state)
-        best_file.write_text(json.dumps({"iteration": done, "val_acc": acc}))
+        checkpointing.write_json(best_file, {"iteration": done, "val_acc": acc})
 
     return select
 
@@ -532,17 +531,10 @@ class Run:
                   "seconds": round(time.time() - t0, 2)})
         logging.info("%s: %.2f +- %.2f (%.1fs)", label, np.mean(runs), np.std(runs),
                      time.time() - t0)
-        write_json(path, merge_archs(path, results))
+        checkpointing.write_json(path, merge_archs(path, results))
     results = merge_archs(path, results)
-    write_json(path, results)
+    checkpointing.write_json(path, results)
     return results
-
-
-def write_json(path: Path, obj) -> None:
-  """Writes obj as JSON through a temporary file, so a kill never leaves half a file."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
 
 
 def merge_archs(path: Path, results: dict) -> dict:

@@ -11,6 +11,14 @@ from conftest import tiny_config
 from datm_clr_jax import checkpointing, distill, experts, models, pipeline
 
 
+def test_json_is_replaced_whole(tmp_path):
+  path = tmp_path / "results.json"
+  checkpointing.write_json(path, {"a": [1, 2]})
+  checkpointing.write_json(path, {"b": 3.5})
+  assert json.loads(path.read_text()) == {"b": 3.5}
+  assert [f.name for f in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
+
+
 def test_tree_round_trip(tmp_path):
   tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.int32(7)}}
   checkpointing.save_tree(tmp_path / "t", tree)
