@@ -3,7 +3,7 @@
 Writes are atomic (orbax writes to a temporary directory and renames), so a kill mid-save leaves
 the previous checkpoint intact. Unreadable checkpoints raise `CheckpointError` with the path.
 The small JSON files beside the checkpoints (results, selection, expert metadata) are written
-the same way, through `write_json`.
+the same way, through `write_json`; `read_jsonl` reads metrics.jsonl, which is appended to.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
-
 class _QuietOrbax(std_logging.Filter):
   """Orbax logs every save at INFO through absl; that drowns a run's progress lines."""
 
@@ -31,11 +30,38 @@ class _QuietOrbax(std_logging.Filter):
 std_logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
-def write_json(path: Path, obj) -> None:
-  """Writes obj as JSON through a temporary file, so a kill never leaves half a file."""
+def write_text(path: Path, text: str) -> None:
+  """Writes text through a temporary file, so a kill never leaves half a file."""
+  path = Path(path)
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
+  tmp.write_text(text)
   os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+  """Writes obj as JSON, whole or not at all (write_text)."""
+  write_text(path, json.dumps(obj, indent=1))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+  """The records of a JSON-lines file such as metrics.jsonl; [] when there is no file.
+
+  A line that is not JSON (the half-written last line of a killed run) is skipped with a
+  warning, so the run that resumes after the kill can still read and rewrite the file.
+  """
+  path = Path(path)
+  if not path.exists():
+    return []
+  records = []
+  for i, line in enumerate(path.read_text().splitlines()):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      logging.warning("%s line %d is not JSON (a run killed while writing it?); skipped",
+                      path, i + 1)
+  return records
 
 
 class CheckpointError(RuntimeError):

@@ -441,11 +441,13 @@ def _report(pending, *, start: int, iterations: int, log_every: int, counts: dic
 
 def run_distillation(step, state: SynState, trajectories, *, iterations: int, seed: int,
                      schedule, ckpt: checkpointing.StepCheckpoints | None, checkpoint_every: int,
-                     log_every: int, log=None, every: int = 0, on_every=None) -> SynState:
+                     log_every: int, log=None, every: int = 0, on_every=None,
+                     on_save=None) -> SynState:
   """The outer loop: runs `step` from state.iteration to `iterations`, checkpointing.
 
   `on_every(done, state)`, if given, runs after every `every` iterations and after the last
   (after that iteration's checkpoint, so a kill inside it is resumed correctly).
+  `on_save(done)`, if given, runs after every checkpoint (the pipeline redraws its curves).
 
   Iteration i uses key fold_in(PRNGKey(seed), i), so a resumed run continues the very same
   sequence of experts, start epochs and augmentations. Metrics stay on device and are fetched
@@ -472,6 +474,8 @@ def run_distillation(step, state: SynState, trajectories, *, iterations: int, se
       if save:
         ckpt.save(done, state)
         saved = done
+        if on_save is not None:
+          on_save(done)
       if on_every is not None and (done % every == 0 or done == iterations):
         on_every(done, state)
   except KeyboardInterrupt:

@@ -6,6 +6,8 @@ Workdir layout:
   experts/          expert trajectories (orbax), unless config.experts.dir points elsewhere
   distill/          distillation checkpoints (orbax), resumed automatically
   metrics.jsonl     one JSON object per logged step (phase: experts | distill | evaluate)
+  curves.png        the curves of metrics.jsonl (losses, syn_lr, experts' accuracy), redrawn
+                    after the experts, at every distillation checkpoint and at the end
   syn_images.png    the distilled images in pixel space, one row per class
   syn_set.npz       syn_images (whitened and pixel space), syn_labels, syn_lr
   results.json      accuracies of the distilled set and the random-real baseline
@@ -141,13 +143,16 @@ class MetricsLog:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
+  def records(self) -> list[dict]:
+    return checkpointing.read_jsonl(self.path)
+
   def drop_after(self, phase: str, step: int) -> None:
     """Removes records of `phase` past `step` (written after the checkpoint a run resumes)."""
     if not self.path.exists():
       return
-    records = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
-    keep = [r for r in records if not (r.get("phase") == phase and r.get("step", 0) > step)]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    keep = [r for r in self.records()
+            if not (r.get("phase") == phase and r.get("step", 0) > step)]
+    checkpointing.write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 class Run:
@@ -248,6 +253,7 @@ class Run:
                     if self.config.distill.select == "val" else None), log=self.log,
         loop=c.loop)
     logging.info("experts: done in %.1fs", time.time() - t0)
+    self.save_curves()
 
   # --------------------------------------------------------------------------- distill
   def _step_setup(self):
@@ -333,12 +339,21 @@ class Run:
       state = distill.run_distillation(
           step, state, trajectories, iterations=d.iterations, seed=self.config.seed,
           schedule=schedule, ckpt=ckpt, checkpoint_every=d.checkpoint_every,
-          log_every=d.log_every, log=self.log, every=d.select_every, on_every=select)
+          log_every=d.log_every, log=self.log, every=d.select_every, on_every=select,
+          on_save=lambda done: self.save_curves())
     finally:
       ckpt.close()
     logging.info("distill: done in %.1fs, syn_lr %.5f", time.time() - t0, float(state.syn_lr))
+    self.save_curves()  # again: the last selection comes after the last checkpoint
     self.save_synset(state)
     return state
+
+  def save_curves(self) -> None:
+    """Redraws curves.png from metrics.jsonl."""
+    try:
+      visualize.save_curves({"": self.log.records()}, self.workdir / "curves.png")
+    except Exception as e:  # noqa: BLE001 -- a figure must never cost a run its work
+      logging.warning("curves.png not drawn: %s", e)
 
   # --------------------------------------------------------------------------- selection
   @property

@@ -1,11 +1,12 @@
 """The reproduction report: our results beside the published numbers (SPEC §9).
 
 `--mode=report --report_dirs=DIR[,DIR...]` reads every results.json under those folders and
-writes report.md, report.png, runs/<workdir name>.json (a copy of each results.json read) and,
-where the workdirs hold their syn_set.npz, images_<setting>.png (the first synthetic image of
-each class, one row per run) into --workdir. Each of our numbers carries the protocol it came
-from (full or reduced, and what was reduced); a setting or method we have not run reads "not
-run". The paper's numbers are quoted as published, labelled "paper".
+writes into --workdir: report.md, report.png, runs/<workdir name>.json (a copy of each
+results.json read), images_<setting>.png (the first synthetic image of each class, one row per
+run whose workdir holds its syn_set.npz) and curves_<setting>.png (the distillation curves of
+the runs whose workdir holds metrics.jsonl, overlaid). Each of our numbers carries the protocol
+it came from (full or reduced, and what was reduced); a setting or method we have not run reads
+"not run". The paper's numbers are quoted as published, labelled "paper".
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datm_clr_jax import visualize
+from datm_clr_jax import checkpointing, visualize
 from datm_clr_jax.visualize import plt
 
 # SPEC §9: the DATM-CLR paper's Table 1 (ConvNet, mean, std), Table 2 and Table 3.
@@ -323,8 +324,29 @@ def save_images(results: list[dict], out_dir, max_classes: int = 10, max_rows: i
   return written
 
 
+def save_curves(results: list[dict], out_dir, max_runs: int = 10) -> list:
+  """One PNG per setting: the distillation curves (L_tm, contrastive loss, syn_lr) of every run
+  whose workdir has a metrics.jsonl, overlaid. Returns the paths written."""
+  written = []
+  for setting in all_settings(results):
+    runs = {}
+    for r in results:
+      metrics = Path(r["_path"]).parent / "metrics.jsonl"
+      if r["_setting"] != setting or not metrics.exists():
+        continue
+      records = checkpointing.read_jsonl(metrics)
+      if any(rec.get("phase") == "distill" for rec in records):
+        runs[run_name(r)] = records
+    path = Path(out_dir) / f"curves_{setting[0]}_ipc{setting[1]}.png"
+    if runs and visualize.save_curves(dict(list(runs.items())[:max_runs]), path,
+                                      phases=("distill",)):
+      written.append(path)
+  return written
+
+
 def write_report(dirs, out_dir) -> Path:
-  """Reads results under `dirs`; writes report.md, report.png, images_*.png and runs/ there."""
+  """Reads results under `dirs`; writes report.md, report.png, images_*.png, curves_*.png and
+  runs/ there."""
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   missing = [d for d in dirs if not Path(d).exists()]
@@ -337,6 +359,11 @@ def write_report(dirs, out_dir) -> Path:
     text += ("\n## Distilled images\n\nThe first synthetic image of each class, one row per run "
              "(pixel space, clipped to [0, 1]).\n\n"
              + "".join(f"![{p.stem}]({p.name})\n" for p in images))
+  curves = save_curves(results, out)
+  if curves:
+    text += ("\n## Distillation curves\n\nPer logged iteration, from each run's metrics.jsonl: "
+             "thin lines are the logged values, thick ones their running mean.\n\n"
+             + "".join(f"![{p.stem}]({p.name})\n" for p in curves))
   (out / "report.md").write_text(text)
   plot(results, out / "report.png")
   # A copy of every results.json read, so the report folder can be committed on its own.

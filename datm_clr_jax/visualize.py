@@ -1,4 +1,5 @@
-"""Pictures: the distilled images as a grid (one row per class), and several sets side by side."""
+"""Pictures: the distilled images as a grid (one row per class), several sets side by side, and
+the training curves of metrics.jsonl (one run alone, or several runs overlaid)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,105 @@ def save_grid(images: np.ndarray, ipc: int, class_names: list[str], path) -> Non
     return
   rows = [images[c * ipc:(c + 1) * ipc] for c in range(len(class_names))]
   save_rows(rows, class_names, [], path)
+
+
+# (phase, x key, y key, panel title): the curves a run's metrics.jsonl can hold.
+CURVES = (
+    ("distill", "step", "l_tm", "trajectory matching loss L_tm"),
+    ("distill", "step", "l_contrast", "contrastive loss"),
+    ("distill", "step", "syn_lr", "syn_lr"),
+    ("select", "step", "val_acc", "validation accuracy % (selection)"),
+    ("experts", "epoch", "train_loss", "experts: training loss"),
+    ("experts", "epoch", "test_acc", "experts: test accuracy"),
+)
+
+
+def running_mean(y: np.ndarray, window: int) -> np.ndarray:
+  """Mean of y[max(0, i - window + 1) : i + 1] for each i; y (n,) -> (n,)."""
+  c = np.concatenate([[0.0], np.cumsum(y, dtype=np.float64)])
+  i = np.arange(1, len(y) + 1)
+  return (c[i] - c[np.maximum(i - window, 0)]) / np.minimum(i, window)
+
+
+def curve_series(records: list[dict], phase: str, x: str, y: str) -> dict:
+  """The points of one curve: {line name: (xs (n,), ys (n,), skipped (2, m))}.
+
+  Experts are drawn one line per trained group ("experts 0-4"); every other phase is one
+  line. Distillation iterations whose update was skipped (status other than "accepted") are
+  left out of the line and returned apart (their x and finite y), so a reader sees where they
+  happened without the skipped values bending the curve.
+  """
+  lines: dict = {}
+  for r in records:
+    if r.get("phase") != phase or y not in r or x not in r:
+      continue
+    name = ""
+    if phase == "experts" and r.get("experts"):
+      ids = r["experts"]
+      name = f"experts {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"expert {ids[0]}"
+    pts, skipped = lines.setdefault(name, ([], []))
+    value = float(r[y])
+    if r.get("status", "accepted") != "accepted":
+      if np.isfinite(value):
+        skipped.append((r[x], value))
+    else:
+      pts.append((r[x], value))
+  out = {}
+  for name, (pts, skipped) in lines.items():
+    xs, ys = (np.asarray(v, np.float64) for v in zip(*pts)) if pts else (np.zeros(0),) * 2
+    out[name] = (xs, ys, np.asarray(skipped, np.float64).reshape(-1, 2).T)
+  return out
+
+
+def _has_signal(series: dict) -> bool:
+  # DATM logs a contrastive loss of exactly 0 at every step: that panel would say nothing.
+  return any(len(ys) and np.any(np.isfinite(ys) & (ys != 0)) for _, ys, _ in series.values())
+
+
+def save_curves(runs: dict[str, list[dict]], path, phases=None) -> list[str]:
+  """Plots the curves of `runs` ({run name: metrics.jsonl records}) into one PNG.
+
+  A panel per entry of CURVES that some run has data for (restricted to `phases` if given),
+  each run one colour; noisy per-iteration distillation losses are drawn thin, with a running
+  mean over a tenth of the points (at least 5) on top. Returns the titles of the panels drawn
+  ([] and no file when there is nothing to draw).
+  """
+  panels = []
+  for phase, x, y, title in CURVES:
+    if phases is not None and phase not in phases:
+      continue
+    per_run = {run: curve_series(recs, phase, x, y) for run, recs in runs.items()}
+    per_run = {run: s for run, s in per_run.items() if _has_signal(s)}
+    if per_run:
+      panels.append((x, title, per_run))
+  if not panels:
+    return []
+  ncols = min(3, len(panels))
+  nrows = -(-len(panels) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.axis("off")
+  for ax, (x, title, per_run) in zip(axes.flat, panels):
+    skip_label = "skipped update"
+    for k, (run, series) in enumerate(per_run.items()):
+      for j, (name, (xs, ys, skipped)) in enumerate(series.items()):
+        label = " ".join(s for s in (run, name) if s) or None
+        color = f"C{(k + j) % 10}"
+        smooth = x == "step" and len(ys) >= 20
+        ax.plot(xs, ys, color=color, lw=0.6 if smooth else 1.2, alpha=0.35 if smooth else 1.0,
+                marker=None if len(ys) > 30 else ".", label=None if smooth else label)
+        if smooth:
+          ax.plot(xs, running_mean(ys, max(5, len(ys) // 10)), color=color, lw=1.5, label=label)
+        if skipped.size:
+          ax.plot(skipped[0], skipped[1], "x", color="red", ms=5, label=skip_label)
+          skip_label = None
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("iteration" if x == "step" else "epoch", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6)
+  fig.tight_layout()
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return [title for _, title, _ in panels]

@@ -19,6 +19,13 @@ def test_json_is_replaced_whole(tmp_path):
   assert [f.name for f in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
 
 
+def test_jsonl_skips_a_half_written_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  assert checkpointing.read_jsonl(path) == []
+  path.write_text('{"step": 1}\n\n{"step": 2}\n{"step": 3, "l_t')  # killed mid-line
+  assert checkpointing.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
 def test_tree_round_trip(tmp_path):
   tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.int32(7)}}
   checkpointing.save_tree(tmp_path / "t", tree)
@@ -114,6 +121,8 @@ def test_resumed_distillation_continues_the_same_run(tmp_path, monkeypatch):
   half = part.distill()
   assert int(half.iteration) == 2
   config.distill.iterations = 4
+  with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+    f.write('{"phase": "distill", "st')  # the run was killed while logging
   resumed = pipeline.Run(config, str(tmp_path / "b")).distill()
   assert int(resumed.iteration) == 4
   np.testing.assert_array_equal(resumed.syn_images, full.syn_images)

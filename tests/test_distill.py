@@ -309,3 +309,23 @@ def test_interrupt_saves_the_last_finished_iteration(tmp_path):
   done, restored = ckpt.restore_latest(state0)
   assert done == 3 and int(restored.iteration) == 3
   assert not np.allclose(restored.syn_images, images)
+
+
+def test_hooks_run_after_each_checkpoint_and_every_k_iterations(tmp_path):
+  from datm_clr_jax import checkpointing
+  net, cfg, feat, images, labels, theta0, target = _setup(expert_epochs=1)
+  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
+  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  ckpt = checkpointing.StepCheckpoints(tmp_path, keep=2)
+  saved, every, logged = [], [], []
+  # on_save finds its checkpoint already written: the curves it draws never run ahead of it.
+  newest = lambda: max(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
+  on_save = lambda done: saved.append((done, newest()))
+  distill.run_distillation(step, distill.init_state(images, labels, 0.01, opt),
+                           jnp.stack([theta0, target])[None], iterations=5, seed=0,
+                           schedule=lambda it: 1, ckpt=ckpt, checkpoint_every=2, log_every=3,
+                           log=logged.append, every=3,
+                           on_every=lambda done, state: every.append(done), on_save=on_save)
+  assert saved == [(2, 2), (4, 4), (5, 5)]
+  assert every == [3, 5]
+  assert [r["step"] for r in logged] == [3, 5]

@@ -27,7 +27,8 @@ def _main(*args, timeout=600):
 def test_main_writes_every_output(tmp_path):
   out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", *TINY_FLAGS)
   assert out.returncode == 0, out.stderr[-3000:]
-  for name in ("config.json", "metrics.jsonl", "syn_images.png", "results.json", "syn_set.npz"):
+  for name in ("config.json", "metrics.jsonl", "syn_images.png", "results.json", "syn_set.npz",
+               "curves.png"):
     assert (tmp_path / name).exists(), name
   assert any((tmp_path / "experts").glob("expert_*"))
   assert any((tmp_path / "distill").iterdir())

@@ -80,8 +80,13 @@ def test_report_command_writes_markdown_and_figure(tmp_path):
   write(tmp_path / "runs", "a", fake_result("datm_clr", 30.0))
   np.savez(tmp_path / "runs" / "a" / "syn_set.npz", syn_images_pixels=np.ones((10, 8, 8, 3)),
            class_names=np.array([f"c{i}" for i in range(10)]))
+  (tmp_path / "runs" / "a" / "metrics.jsonl").write_text("".join(
+      json.dumps({"phase": "distill", "step": s, "l_tm": 1.0 / s, "l_contrast": 2.0,
+                  "syn_lr": 0.01, "status": "accepted"}) + "\n" for s in range(1, 4)))
   write(tmp_path / "runs", "b", fake_result("datm", 28.0))
   np.savez(tmp_path / "runs" / "b" / "syn_set.npz", other=np.ones(3))  # not ours: no picture row
+  (tmp_path / "runs" / "b" / "metrics.jsonl").write_text(  # experts only: no curve of its own
+      json.dumps({"phase": "experts", "epoch": 1, "train_loss": 2.0}) + "\n")
   out = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
                         f"--report_dirs={tmp_path / 'runs'}", f"--workdir={tmp_path / 'rep'}"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -90,6 +95,9 @@ def test_report_command_writes_markdown_and_figure(tmp_path):
   assert (tmp_path / "rep" / "images_cifar10_ipc1.png").exists()
   text = (tmp_path / "rep" / "report.md").read_text()
   assert "![images_cifar10_ipc1](images_cifar10_ipc1.png)" in text
+  assert "![curves_cifar10_ipc1](curves_cifar10_ipc1.png)" in text
+  assert report.save_curves(report.load_results([tmp_path / "runs"]), tmp_path / "c") == [
+      tmp_path / "c" / "curves_cifar10_ipc1.png"]
   assert (json.loads((tmp_path / "rep" / "runs" / "a.json").read_text())["distilled"]
           == fake_result("datm_clr", 30.0)["distilled"])
   bad = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",

@@ -26,3 +26,49 @@ def test_rows_show_the_given_pixels(tmp_path):
   img = matplotlib.image.imread(tmp_path / "rows.png")[..., :3].reshape(-1, 3)
   assert np.any(np.all(img == [1.0, 0.0, 0.0], axis=1))
   assert np.any(np.all(img == [0.0, 0.0, 1.0], axis=1))
+
+
+def test_running_mean_matches_a_direct_mean():
+  y = np.random.default_rng(1).normal(size=23)
+  for window in (1, 4, 30):
+    direct = [y[max(0, i - window + 1):i + 1].mean() for i in range(len(y))]
+    np.testing.assert_allclose(visualize.running_mean(y, window), direct, rtol=1e-12)
+
+
+def _distill_records(l_con, n=6, skipped_at=()):
+  recs = []
+  for step in range(1, n + 1):
+    bad = step in skipped_at
+    recs.append({"phase": "distill", "step": step, "l_tm": float("nan") if bad else 1.0 / step,
+                 "l_contrast": l_con, "syn_lr": 0.01 + 1e-4 * step,
+                 "status": "non_finite" if bad else "accepted"})
+  return recs
+
+
+def test_curve_series_keeps_skipped_updates_apart_and_experts_by_group():
+  recs = _distill_records(0.5, skipped_at=(3,)) + [
+      {"phase": "experts", "experts": [0, 1], "epoch": e, "train_loss": 2.0 - e} for e in (1, 2)
+  ] + [{"phase": "experts", "experts": [2], "epoch": 1, "train_loss": 1.5},
+       {"phase": "evaluate", "set": "distilled", "runs": [10.0]}]
+  (xs, ys, skipped), = visualize.curve_series(recs, "distill", "step", "l_tm").values()
+  np.testing.assert_array_equal(xs, [1, 2, 4, 5, 6])
+  np.testing.assert_allclose(ys, [1, 1 / 2, 1 / 4, 1 / 5, 1 / 6])
+  assert skipped.shape == (2, 0)  # its L_tm is NaN: nothing to place
+  _, _, skipped_lr = visualize.curve_series(recs, "distill", "step", "syn_lr")[""]
+  np.testing.assert_allclose(skipped_lr, [[3], [0.0103]])
+  experts = visualize.curve_series(recs, "experts", "epoch", "train_loss")
+  assert sorted(experts) == ["expert 2", "experts 0-1"]
+  np.testing.assert_array_equal(experts["experts 0-1"][1], [1.0, 0.0])
+
+
+def test_curves_draw_only_panels_with_something_to_show(tmp_path):
+  datm, clr = _distill_records(0.0), _distill_records(2.0, skipped_at=(2,))
+  alone = visualize.save_curves({"": datm}, tmp_path / "datm.png")
+  assert alone == ["trajectory matching loss L_tm", "syn_lr"]  # DATM's contrastive loss is 0
+  both = visualize.save_curves({"DATM": datm, "DATM-CLR": clr}, tmp_path / "both.png",
+                               phases=("distill",))
+  assert both == ["trajectory matching loss L_tm", "contrastive loss", "syn_lr"]
+  assert matplotlib.image.imread(tmp_path / "both.png").shape[1] > \
+      matplotlib.image.imread(tmp_path / "datm.png").shape[1]  # three panels side by side
+  assert visualize.save_curves({"": []}, tmp_path / "none.png") == []
+  assert not (tmp_path / "none.png").exists()
