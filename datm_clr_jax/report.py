@@ -362,7 +362,7 @@ def write_report(dirs, out_dir) -> Path:
   curves = save_curves(results, out)
   if curves:
     text += ("\n## Distillation curves\n\nPer logged iteration, from each run's metrics.jsonl: "
-             "thin lines are the logged values, thick ones their running mean.\n\n"
+             "thin lines are the logged losses, thick ones their centred mean.\n\n"
              + "".join(f"![{p.stem}]({p.name})\n" for p in curves))
   (out / "report.md").write_text(text)
   plot(results, out / "report.png")

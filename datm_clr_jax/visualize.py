@@ -56,22 +56,28 @@ def save_grid(images: np.ndarray, ipc: int, class_names: list[str], path) -> Non
   save_rows(rows, class_names, [], path)
 
 
-# (phase, x key, y key, panel title): the curves a run's metrics.jsonl can hold.
+# (phase, x key, y key, panel title, smoothed): the curves a run's metrics.jsonl can hold.
+# The losses are smoothed because each logged value comes from one random expert and start
+# epoch; syn_lr and the per-epoch curves are smooth already.
 CURVES = (
-    ("distill", "step", "l_tm", "trajectory matching loss L_tm"),
-    ("distill", "step", "l_contrast", "contrastive loss"),
-    ("distill", "step", "syn_lr", "syn_lr"),
-    ("select", "step", "val_acc", "validation accuracy % (selection)"),
-    ("experts", "epoch", "train_loss", "experts: training loss"),
-    ("experts", "epoch", "test_acc", "experts: test accuracy"),
+    ("distill", "step", "l_tm", "trajectory matching loss L_tm", True),
+    ("distill", "step", "l_contrast", "contrastive loss", True),
+    ("distill", "step", "syn_lr", "syn_lr", False),
+    ("select", "step", "val_acc", "validation accuracy % (selection)", False),
+    ("experts", "epoch", "train_loss", "experts: training loss", False),
+    ("experts", "epoch", "test_acc", "experts: test accuracy", False),
 )
 
 
-def running_mean(y: np.ndarray, window: int) -> np.ndarray:
-  """Mean of y[max(0, i - window + 1) : i + 1] for each i; y (n,) -> (n,)."""
+def centered_mean(y: np.ndarray, half: int) -> np.ndarray:
+  """Mean of y[max(0, i - half) : i + half + 1] for each i; y (n,) -> (n,).
+
+  Centred rather than trailing, so a drawn trend does not lag behind the points it averages.
+  """
   c = np.concatenate([[0.0], np.cumsum(y, dtype=np.float64)])
-  i = np.arange(1, len(y) + 1)
-  return (c[i] - c[np.maximum(i - window, 0)]) / np.minimum(i, window)
+  i = np.arange(len(y))
+  lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, len(y))
+  return (c[hi] - c[lo]) / (hi - lo)
 
 
 def curve_series(records: list[dict], phase: str, x: str, y: str) -> dict:
@@ -113,18 +119,18 @@ def save_curves(runs: dict[str, list[dict]], path, phases=None) -> list[str]:
   """Plots the curves of `runs` ({run name: metrics.jsonl records}) into one PNG.
 
   A panel per entry of CURVES that some run has data for (restricted to `phases` if given),
-  each run one colour; noisy per-iteration distillation losses are drawn thin, with a running
-  mean over a tenth of the points (at least 5) on top. Returns the titles of the panels drawn
-  ([] and no file when there is nothing to draw).
+  each run one colour; the noisy distillation losses are drawn thin, with a centred mean over
+  a tenth of the points (at least 5) on top. Returns the titles of the panels drawn ([] and no
+  file when there is nothing to draw).
   """
   panels = []
-  for phase, x, y, title in CURVES:
+  for phase, x, y, title, smoothed in CURVES:
     if phases is not None and phase not in phases:
       continue
     per_run = {run: curve_series(recs, phase, x, y) for run, recs in runs.items()}
     per_run = {run: s for run, s in per_run.items() if _has_signal(s)}
     if per_run:
-      panels.append((x, title, per_run))
+      panels.append((x, title, smoothed, per_run))
   if not panels:
     return []
   ncols = min(3, len(panels))
@@ -132,17 +138,18 @@ def save_curves(runs: dict[str, list[dict]], path, phases=None) -> list[str]:
   fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
   for ax in axes.flat[len(panels):]:
     ax.axis("off")
-  for ax, (x, title, per_run) in zip(axes.flat, panels):
+  for ax, (x, title, smoothed, per_run) in zip(axes.flat, panels):
     skip_label = "skipped update"
     for k, (run, series) in enumerate(per_run.items()):
       for j, (name, (xs, ys, skipped)) in enumerate(series.items()):
         label = " ".join(s for s in (run, name) if s) or None
         color = f"C{(k + j) % 10}"
-        smooth = x == "step" and len(ys) >= 20
+        smooth = smoothed and len(ys) >= 20
         ax.plot(xs, ys, color=color, lw=0.6 if smooth else 1.2, alpha=0.35 if smooth else 1.0,
                 marker=None if len(ys) > 30 else ".", label=None if smooth else label)
         if smooth:
-          ax.plot(xs, running_mean(ys, max(5, len(ys) // 10)), color=color, lw=1.5, label=label)
+          ax.plot(xs, centered_mean(ys, max(2, len(ys) // 20)), color=color, lw=1.5,
+                  label=label)
         if skipped.size:
           ax.plot(skipped[0], skipped[1], "x", color="red", ms=5, label=skip_label)
           skip_label = None
@@ -155,4 +162,4 @@ def save_curves(runs: dict[str, list[dict]], path, phases=None) -> list[str]:
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
-  return [title for _, title, _ in panels]
+  return [title for _, title, _, _ in panels]

@@ -28,11 +28,11 @@ def test_rows_show_the_given_pixels(tmp_path):
   assert np.any(np.all(img == [0.0, 0.0, 1.0], axis=1))
 
 
-def test_running_mean_matches_a_direct_mean():
+def test_centered_mean_matches_a_direct_mean():
   y = np.random.default_rng(1).normal(size=23)
-  for window in (1, 4, 30):
-    direct = [y[max(0, i - window + 1):i + 1].mean() for i in range(len(y))]
-    np.testing.assert_allclose(visualize.running_mean(y, window), direct, rtol=1e-12)
+  for half in (0, 1, 4, 30):
+    direct = [y[max(0, i - half):i + half + 1].mean() for i in range(len(y))]
+    np.testing.assert_allclose(visualize.centered_mean(y, half), direct, rtol=1e-12)
 
 
 def _distill_records(l_con, n=6, skipped_at=()):
