@@ -72,3 +72,18 @@ def test_curves_draw_only_panels_with_something_to_show(tmp_path):
       matplotlib.image.imread(tmp_path / "datm.png").shape[1]  # three panels side by side
   assert visualize.save_curves({"": []}, tmp_path / "none.png") == []
   assert not (tmp_path / "none.png").exists()
+
+
+def test_a_failing_figure_does_not_stop_the_run(tmp_path, monkeypatch):
+  from conftest import tiny_config
+  from datm_clr_jax import pipeline
+  run = pipeline.Run(tiny_config(), str(tmp_path))
+  run.log({"phase": "distill", "step": 1, "l_tm": 0.5, "status": "accepted"})
+  run.save_curves()
+  assert (tmp_path / "curves.png").exists()
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("no display")
+
+  monkeypatch.setattr(pipeline.visualize, "save_curves", broken)
+  run.save_curves()  # logs a warning instead of raising
