@@ -7,7 +7,8 @@ Workdir layout:
   distill/          distillation checkpoints (orbax), resumed automatically
   metrics.jsonl     one JSON object per logged step (phase: experts | distill | evaluate)
   curves.png        the curves of metrics.jsonl (losses, syn_lr, experts' accuracy), redrawn
-                    after the experts, at every distillation checkpoint and at the end
+                    after the experts, at distillation checkpoints (at most every 5 minutes)
+                    and at the end
   syn_images.png    the distilled images in pixel space, one row per class
   syn_set.npz       syn_images (whitened and pixel space), syn_labels, syn_lr
   results.json      accuracies of the distilled set and the random-real baseline
@@ -33,6 +34,10 @@ from datm_clr_jax import (augment, checkpointing, data, distill, evaluate, exper
 from datm_clr_jax.models import ARCHS, CONV_IMPLS, NORMS, make_network
 
 MODES = ("all", "experts", "distill", "evaluate", "export")
+# A figure takes most of a second; a GPU run checkpoints often (CIFAR-10 IPC 1 on an H200: 100
+# iterations of 161 ms, launch/results/benchmark_gpu.md), so a redraw at every checkpoint
+# would cost it several percent. Checkpoints redraw at most this often (seconds).
+CURVES_EVERY_S = 300
 
 
 class ConfigError(ValueError):
@@ -169,6 +174,7 @@ class Run:
     self.experts_dir = Path(config.experts.dir or self.workdir / "experts")
     self.mesh = sharding.device_mesh(config.shard)
     self._prepared = None
+    self._curves_drawn_at = -float("inf")
 
   @property
   def prepared(self) -> data.Prepared:
@@ -340,7 +346,7 @@ class Run:
           step, state, trajectories, iterations=d.iterations, seed=self.config.seed,
           schedule=schedule, ckpt=ckpt, checkpoint_every=d.checkpoint_every,
           log_every=d.log_every, log=self.log, every=d.select_every, on_every=select,
-          on_save=lambda done: self.save_curves())
+          on_save=lambda done: self.save_curves(at_most_every=CURVES_EVERY_S))
     finally:
       ckpt.close()
     logging.info("distill: done in %.1fs, syn_lr %.5f", time.time() - t0, float(state.syn_lr))
@@ -348,12 +354,15 @@ class Run:
     self.save_synset(state)
     return state
 
-  def save_curves(self) -> None:
-    """Redraws curves.png from metrics.jsonl."""
+  def save_curves(self, at_most_every: float = 0.0) -> None:
+    """Redraws curves.png from metrics.jsonl, unless it was drawn under `at_most_every` s ago."""
+    if time.time() - self._curves_drawn_at < at_most_every:
+      return
     try:
       visualize.save_curves({"": self.log.records()}, self.workdir / "curves.png")
     except Exception as e:  # noqa: BLE001 -- a figure must never cost a run its work
       logging.warning("curves.png not drawn: %s", e)
+    self._curves_drawn_at = time.time()
 
   # --------------------------------------------------------------------------- selection
   @property

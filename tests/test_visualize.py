@@ -74,11 +74,16 @@ def test_curves_draw_only_panels_with_something_to_show(tmp_path):
   assert not (tmp_path / "none.png").exists()
 
 
-def test_a_failing_figure_does_not_stop_the_run(tmp_path, monkeypatch):
+def test_curves_redraw_when_asked_and_never_stop_the_run(tmp_path, monkeypatch):
   from conftest import tiny_config
   from datm_clr_jax import pipeline
   run = pipeline.Run(tiny_config(), str(tmp_path))
   run.log({"phase": "distill", "step": 1, "l_tm": 0.5, "status": "accepted"})
+  run.save_curves()
+  assert (tmp_path / "curves.png").exists()
+  (tmp_path / "curves.png").unlink()
+  run.save_curves(at_most_every=3600)  # drawn a moment ago: a checkpoint does not redraw
+  assert not (tmp_path / "curves.png").exists()
   run.save_curves()
   assert (tmp_path / "curves.png").exists()
 
