@@ -138,21 +138,23 @@ def save_curves(runs: dict[str, list[dict]], path, phases=None) -> list[str]:
   fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
   for ax in axes.flat[len(panels):]:
     ax.axis("off")
+  colors = {}  # (run, line name) -> colour, the same in every panel
   for ax, (x, title, smoothed, per_run) in zip(axes.flat, panels):
     skip_label = "skipped update"
-    for k, (run, series) in enumerate(per_run.items()):
-      for j, (name, (xs, ys, skipped)) in enumerate(series.items()):
-        label = " ".join(s for s in (run, name) if s) or None
-        color = f"C{(k + j) % 10}"
-        smooth = smoothed and len(ys) >= 20
-        ax.plot(xs, ys, color=color, lw=0.6 if smooth else 1.2, alpha=0.35 if smooth else 1.0,
-                marker=None if len(ys) > 30 else ".", label=None if smooth else label)
-        if smooth:
-          ax.plot(xs, centered_mean(ys, max(2, len(ys) // 20)), color=color, lw=1.5,
-                  label=label)
-        if skipped.size:
-          ax.plot(skipped[0], skipped[1], "x", color="red", ms=5, label=skip_label)
-          skip_label = None
+    lines = [(run, name, *xys) for run, series in per_run.items()
+             for name, xys in series.items()]
+    for run, name, xs, ys, skipped in lines:
+      label = " ".join(s for s in (run, name) if s) or None
+      color = colors.setdefault((run, name), f"C{len(colors) % 10}")
+      smooth = smoothed and len(ys) >= 20
+      ax.plot(xs, ys, color=color, lw=0.6 if smooth else 1.2, alpha=0.35 if smooth else 1.0,
+              marker=None if len(ys) > 30 else ".", label=None if smooth else label)
+      if smooth:
+        ax.plot(xs, centered_mean(ys, max(2, len(ys) // 20)), color=color, lw=1.5,
+                label=label)
+      if skipped.size:
+        ax.plot(skipped[0], skipped[1], "x", color="red", ms=5, label=skip_label)
+        skip_label = None
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("iteration" if x == "step" else "epoch", fontsize=8)
     ax.tick_params(labelsize=7)
