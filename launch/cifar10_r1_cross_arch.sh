@@ -2,7 +2,7 @@
 # Protocol R1's Table 2 on the CPU: the DATM and DATM-CLR sets of one distillation seed (default
 # 0), and random real, evaluated on ResNet18, VGG11 and AlexNet (5 evaluation seeds each).
 # Needs launch/cifar10_r1.sh to have distilled that seed. Random real is evaluated once, in the
-# DATM workdir (the report reads it from there). Each network and set takes 20-70 minutes on a
+# DATM workdir (the report reads it from there). Each network and set takes 22-71 minutes on a
 # 2-core CPU; a rerun keeps every number results.json already holds (eval.resume), so a kill
 # loses one network's evaluation at most. Usage: bash launch/cifar10_r1_cross_arch.sh [seed]
 set -euo pipefail
