@@ -76,7 +76,7 @@ def test_tables_2_and_3_keep_protocols_apart(tmp_path):
   assert "[2] reduced: width 32, 5 experts" in text
 
 
-def test_report_command_writes_markdown_and_figure(tmp_path):
+def test_report_command_writes_markdown_and_figure(tmp_path, monkeypatch):
   write(tmp_path / "runs", "a", fake_result("datm_clr", 30.0))
   np.savez(tmp_path / "runs" / "a" / "syn_set.npz", syn_images_pixels=np.ones((10, 8, 8, 3)),
            class_names=np.array([f"c{i}" for i in range(10)]))
@@ -96,8 +96,12 @@ def test_report_command_writes_markdown_and_figure(tmp_path):
   text = (tmp_path / "rep" / "report.md").read_text()
   assert "![images_cifar10_ipc1](images_cifar10_ipc1.png)" in text
   assert "![curves_cifar10_ipc1](curves_cifar10_ipc1.png)" in text
-  assert report.save_curves(report.load_results([tmp_path / "runs"]), tmp_path / "c") == [
-      tmp_path / "c" / "curves_cifar10_ipc1.png"]
+  drawn, real = [], report.visualize.save_curves
+  monkeypatch.setattr(report.visualize, "save_curves",
+                      lambda runs, *a, **k: drawn.append(sorted(runs)) or real(runs, *a, **k))
+  paths = report.save_curves(report.load_results([tmp_path / "runs"]), tmp_path / "c")
+  assert paths == [tmp_path / "c" / "curves_cifar10_ipc1.png"]
+  assert drawn == [["DATM-CLR, a"]]  # b logged no distillation: not in the overlay
   assert (json.loads((tmp_path / "rep" / "runs" / "a.json").read_text())["distilled"]
           == fake_result("datm_clr", 30.0)["distilled"])
   bad = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
