@@ -69,6 +69,7 @@ def get_config():
   config.distill.momentum_lr = 0.5
   config.distill.momentum_y = 0.9
   config.distill.learn_labels = True  # DATM learns the soft labels.
+  config.distill.student_momentum = 0.0  # Student SGD momentum (DATM: 0; paper §4.1: 0.5).
   config.distill.threshold = 1.1  # Skip the update when L_tm exceeds this.
   config.distill.init = "samples_predicted_correctly"  # | real.
   config.distill.num_experts = 0  # Experts to match against; 0: all trained.
@@ -82,6 +83,7 @@ def get_config():
   config.distill.select_every = 500  # select=val: iterations between validation checks.
   config.distill.select_epochs = 300  # select=val: epochs of the shortened evaluation.
   config.distill.log_every = 10  # Iterations between progress lines / metrics records.
+  config.distill.diagnostics = True  # Logged iterations also split the image gradient.
   config.distill.checkpoint_every = 100  # Iterations between orbax checkpoints.
 
   config.clr = ml_collections.ConfigDict()
@@ -92,7 +94,9 @@ def get_config():
   config.clr.loss = "supcon"  # supcon | ntxent.
   config.clr.temperature = 0.1  # tau (paper).
   config.clr.view_mode = "multiple"  # DSA mode of the two contrastive views.
-  config.clr.head = "random"  # random (re-drawn each iteration) | learned (outer optimiser).
+  config.clr.views = "extra"  # extra (2 views beside DATM's CE view) | shared (Algorithm 1).
+  config.clr.through_student = True  # Contrastive gradient also flows through theta_n.
+  config.clr.head = "random"  # random (each iteration) | fixed (per run) | learned.
   config.clr.proj_hidden = 0  # Hidden width of the projection MLP; 0: the feature width.
   config.clr.proj_dim = 128  # Projection output dimension.
   config.clr.lr_head = 0.01  # Learned head only: SGD learning rate.

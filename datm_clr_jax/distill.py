@@ -11,13 +11,19 @@ One outer iteration (SPEC §5, §6; the paper's Algorithm 1):
      (and a learned projection head) and apply SGD-with-momentum updates, unless the update is
      skipped (L_tm over threshold, a non-finite loss or gradient, or syn_lr going <= 0).
 
-Choices where the paper is silent (documented in README):
-  * The contrastive views are two extra DSA views drawn with their own keys; the CE view and
-    minibatch use exactly the keys plain DATM uses, so alpha = 0 with the contrastive path off
-    is bit-for-bit DATM.
+Readings of the paper, each a StepConfig switch (SPEC §6, §6.1; the contrastive study,
+launch/results/clr_study, compares them):
+  * views: 'extra' draws two contrastive views beside the CE view, whose minibatch and key are
+    exactly plain DATM's, so alpha = 0 is bit-for-bit DATM; 'shared' is Algorithm 1 (lines 6,
+    10): two views per inner step, both with view_mode DSA, the CE on the first.
+  * student_momentum: 0 is DATM/MTT's plain SGD student; the paper's §4.1 says momentum 0.5
+    (v <- mu v + g, theta <- theta - syn_lr v, v = 0 at the start of each iteration).
+  * through_student: whether the contrastive gradient also flows back through the student's
+    parameters theta_n (which depend on the images through the earlier steps), or reaches the
+    images at fixed theta_n only.
+  * head: re-drawn at random each outer iteration ('random'), one random head for the whole
+    run ('fixed', drawn from the seed and checkpointed), or learned by the outer optimiser.
   * The skip threshold is applied to L_tm alone (DATM's quantity), not to the total loss.
-  * The projection head is either re-drawn at random each outer iteration ('random', default:
-    no extra hyperparameters) or learned by the outer optimiser ('learned').
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ from datm_clr_jax.models import CONV_INPUT_GRAD, CONV_OUTPUT, Network, Projectio
 ACCEPTED, OVER_THRESHOLD, NON_FINITE, BAD_LR = 0, 1, 2, 3
 STATUS_NAMES = {ACCEPTED: "accepted", OVER_THRESHOLD: "over_threshold",
                 NON_FINITE: "non_finite", BAD_LR: "syn_lr_not_positive"}
+
+
+HEADS = ("random", "fixed", "learned")
+VIEWS = ("extra", "shared")
 
 
 class DistillError(ValueError):
@@ -89,7 +99,10 @@ class StepConfig:
   contrastive: str = "supcon"
   temperature: float = 0.1
   view_mode: str = "multiple"
-  head: str = "random"  # 'random' | 'learned'
+  head: str = "random"  # 'random' (per iteration) | 'fixed' (per run) | 'learned'
+  views: str = "extra"  # 'extra' (two views beside DATM's CE view) | 'shared' (Algorithm 1)
+  through_student: bool = True  # the contrastive gradient also flows through theta_n
+  student_momentum: float = 0.0  # the student's SGD momentum (DATM: 0; paper §4.1: 0.5)
   proj_hidden: int = 0
   proj_dim: int = 128
   learn_labels: bool = True
@@ -176,34 +189,56 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     images, label_logits, lr, head = learned
     if cfg.contrast_on and cfg.head == "random":
       head = init_head_params(head_module, head_key, feat_dim)
+    elif cfg.head == "fixed":
+      head = jax.lax.stop_gradient(head)  # drawn once per run: nothing learns it
     _, _, k_batch, k_aug, _ = step_keys(key)
     idx = minibatch_indices(k_batch, images.shape[0], cfg.batch_syn, cfg.num_inner_steps)
     aug_keys = jax.random.split(k_aug, cfg.num_inner_steps)
     probs = jax.nn.softmax(label_logits, axis=-1)
+    shared = cfg.views == "shared"
 
-    def contrast(theta, x, cls, k):
-      k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
-      views = jnp.concatenate([augment.dsa(x, k1, cfg.strategy, cfg.view_mode),
-                               augment.dsa(x, k2, cfg.strategy, cfg.view_mode)])
-      _, feats = network.apply_flat(theta, views)
+    def contrast(feats, cls):
+      """L_contrast of (2b, F) features: the first b one view, the last b the other."""
       z = head_module.apply({"params": head}, feats)
-      b = x.shape[0]
+      b = feats.shape[0] // 2
       return losses.contrastive_loss(cfg.contrastive, z[:b], z[b:], cls, cfg.temperature)
 
-    def inner(theta, xs):
+    def student_losses(theta, x, y, cls, k):
+      """(CE of the student's view, L_contrast) at student parameters theta."""
+      # With shared views the CE view is the first contrastive view, drawn with DATM's key.
+      x_ce = augment.dsa(x, k, cfg.strategy, cfg.view_mode if shared else cfg.dsa_mode)
+      if not cfg.contrast_on:
+        return losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y), jnp.zeros(
+            (), theta.dtype)
+      k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
+      x2 = augment.dsa(x, k2, cfg.strategy, cfg.view_mode)
+      if shared and cfg.through_student:
+        # One forward of the first view serves the CE and the contrastive features.
+        logits, f1 = network.apply_flat(theta, x_ce)
+        f2 = network.apply_flat(theta, x2)[1]
+        return losses.soft_cross_entropy(logits, y), contrast(jnp.concatenate([f1, f2]), cls)
+      x1 = x_ce if shared else augment.dsa(x, k1, cfg.strategy, cfg.view_mode)
+      theta_con = theta if cfg.through_student else jax.lax.stop_gradient(theta)
+      _, feats = network.apply_flat(theta_con, jnp.concatenate([x1, x2]))
+      ce = losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y)
+      return ce, contrast(feats, cls)
+
+    def inner(carry, xs):
       i, k = xs
+      theta, velocity = carry if cfg.student_momentum else (carry, None)
       x, y, cls = sharding.constrain_batch(images[i], mesh), probs[i], syn_classes[i]
-      x_ce = augment.dsa(x, k, cfg.strategy, cfg.dsa_mode)
-      ce = lambda th: losses.soft_cross_entropy(network.apply_flat(th, x_ce)[0], y)
       if cfg.contrast_on and cfg.clr_strategy == "update":
         def student_loss(th):
-          con = contrast(th, x, cls, k)
-          return ce(th) + cfg.lam * con, con
-        g, con = jax.grad(student_loss, has_aux=True)(theta)
+          ce, con = student_losses(th, x, y, cls, k)
+          return ce + cfg.lam * con, con
       else:
-        g = jax.grad(ce)(theta)
-        con = contrast(theta, x, cls, k) if cfg.contrast_on else jnp.zeros((), theta.dtype)
+        # Fusion: the student descends the CE alone; L_contrast rides along as a value.
+        student_loss = lambda th: student_losses(th, x, y, cls, k)
+      g, con = jax.grad(student_loss, has_aux=True)(theta)
       g = checkpoint_name(g, "inner_grad")
+      if cfg.student_momentum:
+        velocity = cfg.student_momentum * velocity + g
+        return (theta - lr * velocity, velocity), con
       return theta - lr * g, con
 
     if cfg.remat:
@@ -215,7 +250,9 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD)
                                 if cfg.remat_convs else ())
       inner = jax.checkpoint(inner, policy=jax.checkpoint_policies.save_only_these_names(*kept))
-    theta_n, cons = jax.lax.scan(inner, theta0, (idx, aug_keys), unroll=cfg.unroll)
+    carry0 = (theta0, jnp.zeros_like(theta0)) if cfg.student_momentum else theta0
+    carry_n, cons = jax.lax.scan(inner, carry0, (idx, aug_keys), unroll=cfg.unroll)
+    theta_n = carry_n[0] if cfg.student_momentum else carry_n
     l_tm = losses.trajectory_loss(theta_n, theta0, target)
     l_con = jnp.mean(cons)
     if cfg.clr_strategy == "fusion" and cfg.contrast_on:
@@ -328,10 +365,45 @@ def make_distill_step(network: Network, cfg: StepConfig, opt: OuterOptim, syn_cl
     metrics = {"loss": total, "l_tm": l_tm, "l_contrast": l_con, "status": status,
                "expert": expert, "start_epoch": start, "syn_lr": new_state.syn_lr,
                "proposed_syn_lr": new_lr,
-               "grad_norm_images": jnp.linalg.norm(g_img.ravel())}
+               "grad_norm_images": jnp.linalg.norm(g_img.ravel()),
+               "image_rms": jnp.sqrt(jnp.mean(jnp.square(new_state.syn_images)))}
     return new_state, metrics
 
   return jax.jit(step)
+
+
+def make_diagnostics(network: Network, cfg: StepConfig, syn_classes, feat_dim: int, mesh=None):
+  """Builds diagnose(state, trajectories, upper, key) -> metrics, jit-compiled.
+
+  Splits the image gradient that `make_distill_step` computes from the same arguments into
+  its trajectory-matching part g_tm = d(beta L_tm)/dx and, under Contrastive Fusion, its
+  contrastive part g_con = d(alpha L_contrast)/dx (g_tm + g_con is the step's image
+  gradient): their norms and the cosine between them. Pure: it changes nothing, so a run
+  gives the same sets with or without it. Costs two backward passes through the unroll.
+  """
+  syn_classes = jnp.asarray(syn_classes, jnp.int32)
+  segments_loss = make_segments_loss(network, cfg, syn_classes, feat_dim, mesh)
+  fusion = cfg.contrast_on and cfg.clr_strategy == "fusion"
+
+  def diagnose(state: SynState, trajectories, upper, key):
+    def parts(images):
+      learned = (images, state.syn_labels, state.syn_lr, state.head)
+      _, (l_tm, l_con, _, _) = segments_loss(learned, trajectories, upper, key)
+      return l_tm, l_con
+
+    (_, _), vjp = jax.vjp(parts, state.syn_images)
+    one, zero = jnp.ones(()), jnp.zeros(())
+    g_tm = vjp((cfg.beta * one if fusion else one, zero))[0].ravel()
+    out = {"grad_norm_tm": jnp.linalg.norm(g_tm)}
+    if fusion:
+      g_con = vjp((zero, cfg.alpha * one))[0].ravel()
+      n_con = jnp.linalg.norm(g_con)
+      out["grad_norm_contrast"] = n_con
+      out["grad_cosine"] = jnp.dot(g_tm, g_con) / jnp.maximum(out["grad_norm_tm"] * n_con,
+                                                              1e-30)
+    return out
+
+  return jax.jit(diagnose)
 
 
 def start_epoch_upper(it: int, *, max_start_epoch: int, sequential: bool,
@@ -442,8 +514,11 @@ def _report(pending, *, start: int, iterations: int, log_every: int, counts: dic
 def run_distillation(step, state: SynState, trajectories, *, iterations: int, seed: int,
                      schedule, ckpt: checkpointing.StepCheckpoints | None, checkpoint_every: int,
                      log_every: int, log=None, every: int = 0, on_every=None,
-                     on_save=None) -> SynState:
+                     on_save=None, diagnose=None) -> SynState:
   """The outer loop: runs `step` from state.iteration to `iterations`, checkpointing.
+
+  `diagnose` (make_diagnostics), if given, runs on each logged iteration's inputs before its
+  step, and its metrics join that iteration's record.
 
   `on_every(done, state)`, if given, runs after every `every` iterations and after the last
   (after that iteration's checkpoint, so a kill inside it is resumed correctly).
@@ -463,8 +538,12 @@ def run_distillation(step, state: SynState, trajectories, *, iterations: int, se
   try:
     for it in range(start, iterations):
       upper = schedule(it)
-      state, m = step(state, traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
       done = it + 1
+      args = (traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
+      diag = (diagnose(state, *args) if diagnose is not None
+              and (done % log_every == 0 or done == iterations) else {})
+      state, m = step(state, *args)
+      m = {**m, **diag}
       pending.append((done, upper, m))
       save = ckpt is not None and (done % checkpoint_every == 0 or done == iterations)
       if done % log_every == 0 or done == iterations or save:

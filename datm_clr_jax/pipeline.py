@@ -66,7 +66,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice(c.view_mode, augment.MODES, "clr.view_mode")
   _choice(c.strategy, ("fusion", "update", "none"), "clr.strategy")
   _choice(c.loss, losses.CONTRASTIVE_KINDS, "clr.loss")
-  _choice(c.head, ("random", "learned"), "clr.head")
+  _choice(c.head, distill.HEADS, "clr.head")
+  _choice(c.views, distill.VIEWS, "clr.views")
   _choice(d.init, ("samples_predicted_correctly", "real"), "distill.init")
   _choice(d.select, ("final", "val"), "distill.select")
   incompatible = [
@@ -78,6 +79,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "an outside set: use one of them"),
       (c.head == "learned" and c.strategy == "none",
        "clr.head='learned' has nothing to learn with clr.strategy='none'"),
+      (not c.through_student and c.strategy != "fusion",
+       "clr.through_student=False stops the contrastive gradient at theta_n, which only "
+       "Contrastive Fusion has: use clr.strategy='fusion'"),
       (d.remat_convs and not d.remat,
        "distill.remat_convs chooses what distill.remat keeps: it needs distill.remat=True"),
   ]
@@ -129,6 +133,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"0..{stored}")
   if d.batch_syn < 0:
     raise ConfigError(f"config.distill.batch_syn must be >= 0, got {d.batch_syn}")
+  if not 0 <= d.student_momentum < 1:
+    raise ConfigError(f"config.distill.student_momentum must lie in [0, 1), got "
+                      f"{d.student_momentum}")
 
 
 def resolve_batch_syn(config, num_syn: int) -> int:
@@ -271,7 +278,8 @@ class Run:
         min_start_epoch=d.min_start_epoch, batch_syn=resolve_batch_syn(self.config, num_syn),
         threshold=d.threshold, strategy=self.config.dsa.strategy, dsa_mode=self.config.dsa.mode,
         clr_strategy=c.strategy, alpha=c.alpha, beta=c.beta, lam=c.lam, contrastive=c.loss,
-        temperature=c.temperature, view_mode=c.view_mode, head=c.head,
+        temperature=c.temperature, view_mode=c.view_mode, head=c.head, views=c.views,
+        through_student=c.through_student, student_momentum=d.student_momentum,
         proj_hidden=c.proj_hidden, proj_dim=c.proj_dim, learn_labels=d.learn_labels,
         remat=d.remat, remat_convs=d.remat_convs, unroll=d.scan_unroll,
         num_segments=d.num_segments, segment_loop=sharding.resolve_network_loop(
@@ -284,7 +292,7 @@ class Run:
 
   def _state_template(self, net, step_cfg, opt, feat):
     n, h = self.config.distill.ipc * self.num_classes, None
-    if step_cfg.head == "learned" and step_cfg.contrast_on:
+    if step_cfg.head in ("learned", "fixed") and step_cfg.contrast_on:
       h = distill.init_head_params(distill.make_head(step_cfg, feat),
                                    jax.random.PRNGKey(self.config.seed), feat)
     return distill.init_state(np.zeros((n, *self.image_shape), np.float32),
@@ -328,6 +336,8 @@ class Run:
       self.log.drop_after("distill", 0)
     syn_classes = np.repeat(np.arange(self.num_classes), d.ipc)
     step = distill.make_distill_step(net, step_cfg, opt, syn_classes, feat, self.mesh)
+    diagnose = (distill.make_diagnostics(net, step_cfg, syn_classes, feat, self.mesh)
+                if d.diagnostics else None)
     state = sharding.shard_leading(state, self.mesh)
     trajectories = sharding.replicate(jnp.asarray(trajectories), self.mesh)
     schedule = lambda it: distill.start_epoch_upper(
@@ -346,7 +356,8 @@ class Run:
           step, state, trajectories, iterations=d.iterations, seed=self.config.seed,
           schedule=schedule, ckpt=ckpt, checkpoint_every=d.checkpoint_every,
           log_every=d.log_every, log=self.log, every=d.select_every, on_every=select,
-          on_save=lambda done: self.save_curves(at_most_every=CURVES_EVERY_S))
+          on_save=lambda done: self.save_curves(at_most_every=CURVES_EVERY_S),
+          diagnose=diagnose)
     finally:
       ckpt.close()
     logging.info("distill: done in %.1fs, syn_lr %.5f", time.time() - t0, float(state.syn_lr))

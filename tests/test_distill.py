@@ -32,7 +32,11 @@ def _setup(dtype=jnp.float32, depth=1, **overrides):
 @pytest.mark.parametrize("overrides", [
     dict(clr_strategy="fusion", alpha=0.5),
     dict(clr_strategy="update", lam=0.5, contrastive="ntxent"),
+    dict(clr_strategy="none", student_momentum=0.5),
+    dict(clr_strategy="fusion", alpha=0.5, views="shared", student_momentum=0.5),
 ])
+# through_student=False is left out on purpose: its gradient is not the loss's derivative
+# (test_contrast_at_fixed_student_matches_a_direct_reference checks it instead).
 def test_hypergradient_matches_finite_differences(overrides):
   with jax.enable_x64(True):
     net, cfg, feat, images, labels, theta0, target = _setup(jnp.float64, **overrides)
@@ -61,25 +65,38 @@ def test_hypergradient_matches_finite_differences(overrides):
       np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-4, atol=1e-9)
 
 
-def _python_loop_l_tm(net, cfg, images, labels, lr, theta0, target, key):
-  """DATM's inner loop written as a plain Python loop, independently of the scan code."""
+def _python_loop_thetas(net, cfg, images, labels, lr, theta0, key):
+  """DATM's inner loop written as a plain Python loop, independently of the scan code.
+
+  Returns theta_0..theta_N and, per step, the minibatch indices and augmentation key. The
+  student's momentum is the paper's (v <- mu v + g, theta <- theta - lr v, v_0 = 0).
+  """
   _, _, k_batch, k_aug, _ = distill.step_keys(key)
   idx = distill.minibatch_indices(k_batch, images.shape[0], cfg.batch_syn, cfg.num_inner_steps)
   keys = jax.random.split(k_aug, cfg.num_inner_steps)
   probs = jax.nn.softmax(labels, axis=-1)
-  theta = theta0
+  mode = cfg.view_mode if cfg.views == "shared" else cfg.dsa_mode
+  thetas, v = [theta0], 0.0
   for n in range(cfg.num_inner_steps):
-    x = augment.dsa(images[idx[n]], keys[n], cfg.strategy, cfg.dsa_mode)
+    x = augment.dsa(images[idx[n]], keys[n], cfg.strategy, mode)
     y = probs[idx[n]]
-    g = jax.grad(lambda th: losses.soft_cross_entropy(net.apply_flat(th, x)[0], y))(theta)
-    theta = theta - lr * g
-  return losses.trajectory_loss(theta, theta0, target)
+    g = jax.grad(lambda th: losses.soft_cross_entropy(net.apply_flat(th, x)[0], y))(thetas[-1])
+    v = cfg.student_momentum * v + g
+    thetas.append(thetas[-1] - lr * v)
+  return thetas, idx, keys
+
+
+def _python_loop_l_tm(net, cfg, images, labels, lr, theta0, target, key):
+  theta_n = _python_loop_thetas(net, cfg, images, labels, lr, theta0, key)[0][-1]
+  return losses.trajectory_loss(theta_n, theta0, target)
 
 
 @pytest.mark.parametrize("remat,unroll,strategy,extra", [
     (True, 1, augment.DEFAULT_STRATEGY, {}), (False, 1, "color_crop_flip", {}),
     (True, 2, "color_crop_flip", {}),
-    (True, 1, "color_crop_flip", dict(remat_convs=True, depth=2))])
+    (True, 1, "color_crop_flip", dict(remat_convs=True, depth=2)),
+    (True, 1, "color_crop_flip", dict(student_momentum=0.5)),
+    (False, 1, "color_crop_flip", dict(student_momentum=0.9))])
 def test_scan_matches_python_loop(remat, unroll, strategy, extra):
   net, cfg, feat, images, labels, theta0, target = _setup(
       clr_strategy="none", remat=remat, unroll=unroll, num_inner_steps=3, batch_syn=2,
@@ -101,14 +118,15 @@ def test_scan_matches_python_loop(remat, unroll, strategy, extra):
   np.testing.assert_allclose(g1[1], g2[1], rtol=1e-4)
 
 
-@pytest.mark.parametrize("remat_convs", [False, True])
-def test_remat_keeps_what_its_policy_names(remat_convs):
-  """The forward sweep stacks, per inner step: theta and the inner gradient, and with
-  remat_convs each convolution's output and (layer 2) input gradient; nothing else."""
+@pytest.mark.parametrize("remat_convs,momentum", [(False, 0.0), (True, 0.0), (False, 0.5)])
+def test_remat_keeps_what_its_policy_names(remat_convs, momentum):
+  """The forward sweep stacks, per inner step: theta and the inner gradient (and the
+  student's velocity, with momentum), and with remat_convs each convolution's output and
+  (layer 2) input gradient; nothing else, so memory stays flat in N apart from P-sized rows."""
   n, b = 3, 2
   net, cfg, feat, images, labels, theta0, target = _setup(
       clr_strategy="none", remat=True, remat_convs=remat_convs, num_inner_steps=n, batch_syn=b,
-      depth=2)
+      depth=2, student_momentum=momentum)
   loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
   key = jax.random.PRNGKey(3)
   f = lambda im, r: loss_fn((im, labels, r, {}), theta0, target, key, key)[0]
@@ -118,6 +136,7 @@ def test_remat_keeps_what_its_policy_names(remat_convs):
   p = theta0.size
   layer1, layer2 = (n, b, 8, 8, 4), (n, b, 4, 4, 4)  # conv outputs; layer 2's input is 4x4x4
   expected = [(n,), (n, p), (n, p)] + ([layer2, layer2, layer1] if remat_convs else [])
+  expected += [(n, p)] if momentum else []
   assert stacked == sorted(expected)
 
 
@@ -329,3 +348,123 @@ def test_hooks_run_after_each_checkpoint_and_every_k_iterations(tmp_path):
   assert saved == [(2, 2), (4, 4), (5, 5)]
   assert every == [3, 5]
   assert [r["step"] for r in logged] == [3, 5]
+
+
+def test_shared_views_without_contrast_are_datm_on_the_view_augmentation():
+  """views='shared' with alpha 0 (arm A3 of the study) is DATM whose student sees view_mode
+  DSA: bit for bit the 'extra' step with dsa_mode = view_mode."""
+  net, cfg, feat, images, labels, theta0, target = _setup(
+      clr_strategy="fusion", alpha=0.0, views="shared", view_mode="multiple")
+  plain = dataclasses.replace(cfg, views="extra", dsa_mode="multiple")
+  learned, key = (images, labels, jnp.asarray(0.05), {}), jax.random.PRNGKey(4)
+  f = lambda c: jax.jit(jax.value_and_grad(distill.make_outer_loss(
+      net, c, jnp.arange(CLASSES), feat), has_aux=True))(learned, theta0, target, key, key)
+  (tot_s, (tm_s, _)), g_s = f(cfg)
+  (tot_p, (tm_p, _)), g_p = f(plain)
+  assert float(tm_s) == float(tm_p)
+  np.testing.assert_array_equal(g_s[0], g_p[0])
+  np.testing.assert_array_equal(g_s[2], g_p[2])
+
+
+def _contrast_at_fixed_thetas(net, cfg, feat, images, labels, lr, theta0, key, head_key):
+  """Reference of L_contrast with through_student=False: the student's path theta_0..N-1 is
+  a constant and only the views depend on the images (shared views: the first is the CE's)."""
+  thetas, idx, keys = _python_loop_thetas(net, cfg, jax.lax.stop_gradient(images), labels,
+                                          lr, theta0, key)
+  head_module = distill.make_head(cfg, feat)
+  head = distill.init_head_params(head_module, head_key, feat)
+  total = 0.0
+  for n in range(cfg.num_inner_steps):
+    x = images[idx[n]]
+    k1, k2 = jax.random.split(jax.random.fold_in(keys[n], 1))
+    if cfg.views == "shared":
+      k1 = keys[n]
+    views = jnp.concatenate([augment.dsa(x, k1, cfg.strategy, cfg.view_mode),
+                             augment.dsa(x, k2, cfg.strategy, cfg.view_mode)])
+    z = head_module.apply({"params": head}, net.apply_flat(thetas[n], views)[1])
+    b = x.shape[0]
+    total += losses.supcon_loss(z[:b], z[b:], jnp.arange(CLASSES)[idx[n]], cfg.temperature)
+  return total / cfg.num_inner_steps
+
+
+@pytest.mark.parametrize("views", ["extra", "shared"])
+def test_contrast_at_fixed_student_matches_a_direct_reference(views):
+  """through_student=False: L_contrast and its image gradient are those of a loss in which
+  theta_n is a constant; through_student=True differs (its gradient also flows via theta_n)."""
+  net, cfg, feat, images, labels, theta0, target = _setup(
+      clr_strategy="fusion", alpha=1.0, views=views, through_student=False, num_inner_steps=3,
+      batch_syn=2)
+  key, head_key, lr = jax.random.PRNGKey(5), jax.random.PRNGKey(6), jnp.asarray(0.05)
+
+  def l_con(c):
+    loss = distill.make_outer_loss(net, c, jnp.arange(CLASSES), feat)
+    return jax.jit(jax.value_and_grad(
+        lambda im: loss((im, labels, lr, {}), theta0, target, key, head_key)[1][1]))(images)
+
+  v, g = l_con(cfg)
+  v_ref, g_ref = jax.jit(jax.value_and_grad(lambda im: _contrast_at_fixed_thetas(
+      net, cfg, feat, im, labels, lr, theta0, key, head_key)))(images)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-6)
+  v_through, g_through = l_con(dataclasses.replace(cfg, through_student=True))
+  np.testing.assert_allclose(v_through, v, rtol=1e-5)
+  assert not np.allclose(g_through, g, rtol=1e-3, atol=1e-6)
+
+
+def test_fixed_head_is_the_run_s_own_and_never_learned():
+  net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="fusion", alpha=1.0,
+                                                          head="fixed")
+  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-7, lr_y=1.0, lr_head=0.5)
+  head_module = distill.make_head(cfg, feat)
+  heads = [distill.init_head_params(head_module, jax.random.PRNGKey(s), feat) for s in (7, 8)]
+  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  traj, key = jnp.stack([theta0, target])[None], jax.random.PRNGKey(0)
+  cons = []
+  for head in heads:
+    state = distill.init_state(images, labels, 0.01, opt, head)
+    new, m = step(state, traj, jnp.int32(1), key)
+    assert int(m["status"]) == distill.ACCEPTED and float(m["l_contrast"]) > 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new.head, state.head)
+    cons.append(float(m["l_contrast"]))
+  assert cons[0] != cons[1], "the state's head should be the one the loss uses"
+
+
+@pytest.mark.parametrize("overrides", [dict(clr_strategy="fusion", alpha=0.7),
+                                       dict(clr_strategy="none")])
+def test_diagnostics_split_the_step_s_image_gradient(overrides):
+  """g_tm + g_con is the step's image gradient, and g_tm is DATM's (Fusion leaves the student
+  path alone); a run with diagnostics ends on the very same set as one without."""
+  net, cfg, feat, images, labels, theta0, target = _setup(**overrides)
+  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
+  traj, upper, key = jnp.stack([theta0, target])[None], jnp.int32(1), jax.random.PRNGKey(2)
+  state = distill.init_state(images, labels, 0.01, opt)
+  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  diag = distill.make_diagnostics(net, cfg, jnp.arange(CLASSES), feat)(state, traj, upper, key)
+  _, m = step(state, traj, upper, key)
+  datm = dataclasses.replace(cfg, clr_strategy="none")
+  loss = distill.make_segments_loss(net, datm, jnp.arange(CLASSES), feat)
+  g_datm = jax.grad(lambda im: loss((im, labels, state.syn_lr, {}), traj, upper, key)[0])(
+      images)
+  np.testing.assert_allclose(diag["grad_norm_tm"], jnp.linalg.norm(g_datm), rtol=1e-5)
+  if cfg.contrast_on:
+    n_tm, n_con, cos = (float(diag[k]) for k in ("grad_norm_tm", "grad_norm_contrast",
+                                                  "grad_cosine"))
+    # |g_tm + g_con|^2 from the parts against the step's own |g|.
+    total_sq = n_tm ** 2 + n_con ** 2 + 2 * cos * n_tm * n_con
+    np.testing.assert_allclose(np.sqrt(total_sq), float(m["grad_norm_images"]), rtol=1e-4)
+    assert n_con > 0 and -1 <= cos <= 1
+  else:
+    assert set(diag) == {"grad_norm_tm"}
+    np.testing.assert_allclose(diag["grad_norm_tm"], m["grad_norm_images"], rtol=1e-5)
+
+  runs = []
+  for d in (None, distill.make_diagnostics(net, cfg, jnp.arange(CLASSES), feat)):
+    logged = []
+    end = distill.run_distillation(step, state, traj, iterations=4, seed=0,
+                                   schedule=lambda it: 1, ckpt=None, checkpoint_every=2,
+                                   log_every=2, log=logged.append, diagnose=d)
+    runs.append(end)
+    assert ("grad_norm_tm" in logged[0]) == (d is not None)
+  np.testing.assert_array_equal(runs[0].syn_images, runs[1].syn_images)
+  assert np.isclose(float(m["image_rms"]), float(jnp.sqrt(jnp.mean(
+      jnp.square(step(state, traj, upper, key)[0].syn_images)))))
