@@ -19,11 +19,32 @@ config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Output directory; default checkpoints/<config.name>.")
 _MODE = flags.DEFINE_enum("mode", "all",
-                          ["all", "experts", "distill", "evaluate", "export", "report"],
-                          "Which phases to run; 'report' writes report.md from results.")
+                          ["all", "experts", "distill", "evaluate", "export", "report",
+                           "study"],
+                          "Which phases to run; 'report' writes report.md from results; "
+                          "'study' runs the missing cells of --study's plan.")
 _REPORT_DIRS = flags.DEFINE_list("report_dirs", None,
                                  "--mode=report: folders searched for results.json "
                                  "(default: checkpoints/).")
+_STUDY = flags.DEFINE_string("study", None, "--mode=study: the plan (JSON), e.g. "
+                             "launch/results/clr_study/plan.json; results go beside it.")
+_STUDY_MAX_CELLS = flags.DEFINE_integer("study_max_cells", None,
+                                        "--mode=study: run at most this many cells.")
+_STUDY_DRY_RUN = flags.DEFINE_bool("study_dry_run", False,
+                                   "--mode=study: only rewrite the summary and list what is "
+                                   "missing.")
+
+
+def _study(workdir: str | None) -> None:
+  from datm_clr_jax import study
+  if not _STUDY.value:
+    raise app.UsageError("--mode=study needs --study=<plan.json>")
+  root = workdir or str(_ROOT / "checkpoints" / Path(_STUDY.value).resolve().parent.name)
+  summary = study.run_study(_STUDY.value, root, max_cells=_STUDY_MAX_CELLS.value,
+                            dry_run=_STUDY_DRY_RUN.value)
+  for name in summary.get("missing", []):
+    print(f"missing: {name}")
+  print(f"study: {summary['verdict']}")
 
 
 def main(argv):
@@ -43,9 +64,13 @@ def main(argv):
     return
   workdir = _WORKDIR.value or str(_ROOT / "checkpoints" / config.name)
   logging.info("workdir %s, mode %s", workdir, _MODE.value)
+  from datm_clr_jax import study
   try:
-    pipeline.run(config, workdir, _MODE.value)
-  except (pipeline.ConfigError, pipeline.data.DataError, pipeline.checkpointing.CheckpointError,
+    if _MODE.value == "study":
+      _study(_WORKDIR.value)
+    else:
+      pipeline.run(config, workdir, _MODE.value)
+  except (study.StudyError, pipeline.ConfigError, pipeline.data.DataError, pipeline.checkpointing.CheckpointError,
           pipeline.distill.DistillError, pipeline.torch_io.TorchIOError) as e:
     # Expected failures get one line that says what to do, not a JAX traceback.
     logging.error("%s", e)

@@ -1,0 +1,429 @@
+"""Pre-registered ablation studies: arms (config overrides) x distillation seeds, paired.
+
+A plan is a JSON file, written (and committed) before any of its results exist:
+
+  {"config": "configs/cifar10_r1.py",          base config, relative to the repository
+   "overrides": ["eval.random_real=False"],     for every cell (what follows --config.)
+   "dev_seeds": [0, 1, 2], "heldout_seeds": [3, 4, 5],
+   "baseline": "A0",
+   "arms": {"A0": {"desc": "DATM", "overrides": ["clr.alpha=0.0"]},
+            "A1": {"desc": "...", "overrides": [...], "control": "A0", "contrastive": true},
+            "A6": {"desc": "...", "from_best": ["A2", "A4"], "overrides": [...],
+                   "contrastive": true}}}
+
+An arm with `from_best` inherits the overrides and the control of whichever of those arms has
+the higher dev-seed mean, so it can run only once their dev cells are done. Every arm runs on
+the dev seeds; then the contrastive arm with the highest dev-seed mean (the chosen arm), its
+control and the baseline run on the held-out seeds, which no choice looks at. The decision
+rule: the chosen arm beats the baseline if, on the held-out seeds, its mean paired difference
+against its control and against the baseline each exceed twice their standard error.
+
+All cells share one set of experts (trained once, or found in the plan's `experts_dir`) and
+the data cache. A finished cell leaves results.json and metrics.jsonl under
+<results>/runs/<arm>_seed<s>/; the runner skips those, so the same command resumes a study,
+and it refuses a cell whose recorded overrides are no longer the plan's.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import math
+import runpy
+import shutil
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from datm_clr_jax import checkpointing
+
+_REPO = Path(__file__).resolve().parents[1]
+# Fields every arm must share: the experts and data are common to all cells.
+SHARED_PREFIXES = ("experts.", "data.", "seed")
+
+
+class StudyError(ValueError):
+  """A plan that cannot run; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  arm: str
+  seed: int
+  overrides: tuple[str, ...]  # the arm's resolved overrides (after the plan's common ones)
+
+  @property
+  def name(self) -> str:
+    return f"{self.arm}_seed{self.seed}"
+
+
+# ----------------------------------------------------------------------------- plan and config
+
+
+def load_plan(path) -> dict:
+  """Reads and checks a plan; raises StudyError naming what is wrong."""
+  path = Path(path)
+  if not path.is_file():
+    raise StudyError(f"no study plan at {path}")
+  try:
+    plan = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise StudyError(f"{path} is not valid JSON: {e}") from None
+  for field in ("config", "dev_seeds", "heldout_seeds", "baseline", "arms"):
+    if field not in plan:
+      raise StudyError(f"{path}: the plan has no {field!r}")
+  arms = plan["arms"]
+  if plan["baseline"] not in arms:
+    raise StudyError(f"{path}: baseline {plan['baseline']!r} is not an arm")
+  if set(plan["dev_seeds"]) & set(plan["heldout_seeds"]):
+    raise StudyError(f"{path}: dev_seeds and heldout_seeds overlap")
+  for name, arm in arms.items():
+    for ref in [arm.get("control")] + list(arm.get("from_best", [])):
+      if ref is not None and ref not in arms:
+        raise StudyError(f"{path}: arm {name} refers to {ref!r}, which is not an arm")
+    if any("from_best" in arms[a] for a in arm.get("from_best", [])):
+      raise StudyError(f"{path}: arm {name}: from_best arms cannot themselves be from_best")
+    if arm.get("contrastive") and not (arm.get("control") or arm.get("from_best")):
+      raise StudyError(f"{path}: contrastive arm {name} needs a control (its alpha-0 twin)")
+    for o in arm.get("overrides", []):
+      if o.split("=", 1)[0].startswith(SHARED_PREFIXES):
+        raise StudyError(f"{path}: arm {name} overrides {o!r}; experts, data and seeds are "
+                         "shared by every cell (set them in the plan's 'overrides')")
+  plan["_path"] = str(path.resolve())
+  return plan
+
+
+def base_config(plan: dict) -> ml_collections.ConfigDict:
+  config_path = Path(plan["config"])
+  if not config_path.is_absolute():
+    config_path = _REPO / config_path
+  if not config_path.is_file():
+    raise StudyError(f"the plan's config {config_path} does not exist")
+  config = runpy.run_path(str(config_path))["get_config"]()
+  return apply_overrides(config, plan.get("overrides", []))
+
+
+def _parse_value(text: str, old):
+  if isinstance(old, bool):
+    if text.lower() in ("true", "false"):
+      return text.lower() == "true"
+    raise ValueError(f"expected True or False, got {text!r}")
+  if isinstance(old, str):
+    return text
+  value = ast.literal_eval(text)
+  if isinstance(old, float) and isinstance(value, int):
+    value = float(value)
+  if isinstance(old, tuple) and isinstance(value, (str, list)):
+    value = tuple(value) if isinstance(value, list) else (value,)
+  if type(value) is not type(old):
+    raise ValueError(f"expected a {type(old).__name__}, got {text!r}")
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """A copy of `config` with each 'a.b=value' (what follows --config. on a command line)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for o in overrides:
+    field, sep, text = o.partition("=")
+    if not sep:
+      raise StudyError(f"override {o!r} is not of the form field=value")
+    *parents, leaf = field.split(".")
+    node = config
+    for p in parents:
+      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+        raise StudyError(f"override {o!r}: the config has no section {p!r}")
+      node = node[p]
+    if leaf not in node:
+      raise StudyError(f"override {o!r}: the config has no field {field!r}")
+    try:
+      node[leaf] = _parse_value(text, node[leaf])
+    except (ValueError, SyntaxError) as e:
+      raise StudyError(f"override {o!r}: {e}") from None
+  return config
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def cell_dir(results_dir, cell_name: str) -> Path:
+  return Path(results_dir) / "runs" / cell_name
+
+
+def read_cells(results_dir) -> dict[str, dict]:
+  """{cell name: its record} for every finished cell under results_dir/runs."""
+  out = {}
+  for f in sorted(Path(results_dir).glob("runs/*/cell.json")):
+    out[f.parent.name] = json.loads(f.read_text())
+  return out
+
+
+def cell_accuracy(results: dict, arch: str = "convnet") -> float:
+  """Mean test accuracy in percent over the evaluation seeds of a results.json."""
+  return float(results["distilled"][arch]["mean"])
+
+
+def paired(a: dict, b: dict, seeds) -> dict | None:
+  """Paired differences a - b over the seeds both hold: mean, standard error, n, each diff."""
+  common = [s for s in seeds if str(s) in a and str(s) in b]
+  if not common:
+    return None
+  d = np.array([a[str(s)] - b[str(s)] for s in common])
+  se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+  return {"mean": float(np.mean(d)), "se": se, "n": len(d),
+          "diffs": {str(s): float(x) for s, x in zip(common, d)}}
+
+
+def beats(diff: dict | None, n_needed: int) -> bool:
+  """The decision rule for one comparison: all seeds present and mean > 2 standard errors."""
+  return (diff is not None and diff["n"] == n_needed and not math.isnan(diff["se"])
+          and diff["mean"] > 2 * diff["se"])
+
+
+def _dev_mean(seeds_acc: dict, dev_seeds) -> float | None:
+  if not all(str(s) in seeds_acc for s in dev_seeds):
+    return None
+  return float(np.mean([seeds_acc[str(s)] for s in dev_seeds]))
+
+
+def resolve(plan: dict, accuracies: dict[str, dict]) -> dict[str, dict]:
+  """Each arm's overrides and control, with from_best arms resolved where possible.
+
+  accuracies: {arm: {seed (str): accuracy}}. Returns {arm: {"overrides": tuple | None,
+  "control": str | None, "based_on": str | None}}; overrides is None while an arm's
+  from_best candidates still miss dev cells.
+  """
+  out = {}
+  for name, arm in plan["arms"].items():
+    own = tuple(arm.get("overrides", []))
+    if "from_best" not in arm:
+      out[name] = {"overrides": own, "control": arm.get("control"), "based_on": None}
+      continue
+    means = {c: _dev_mean(accuracies.get(c, {}), plan["dev_seeds"]) for c in arm["from_best"]}
+    if any(m is None for m in means.values()):
+      out[name] = {"overrides": None, "control": None, "based_on": None}
+      continue
+    best = max(arm["from_best"], key=lambda c: (means[c], -arm["from_best"].index(c)))
+    base = plan["arms"][best]
+    out[name] = {"overrides": tuple(base.get("overrides", [])) + own,
+                 "control": base.get("control"), "based_on": best}
+  return out
+
+
+def choose(plan: dict, accuracies: dict[str, dict]) -> str | None:
+  """The contrastive arm with the highest dev-seed mean, once every contrastive arm has all
+  its dev cells (ties go to the arm listed first)."""
+  best, best_mean = None, -math.inf
+  for name, arm in plan["arms"].items():
+    if not arm.get("contrastive"):
+      continue
+    m = _dev_mean(accuracies.get(name, {}), plan["dev_seeds"])
+    if m is None:
+      return None
+    if m > best_mean:
+      best, best_mean = name, m
+  return best
+
+
+def planned_cells(plan: dict, accuracies: dict[str, dict]) -> list[Cell]:
+  """Every cell the plan asks for that can be named now, in the order they should run:
+  dev seeds seed by seed, then the held-out seeds of the chosen arm, its control and the
+  baseline."""
+  arms = resolve(plan, accuracies)
+  cells = [Cell(a, s, arms[a]["overrides"]) for s in plan["dev_seeds"] for a in plan["arms"]
+           if arms[a]["overrides"] is not None]
+  chosen = choose(plan, accuracies)
+  if chosen is not None:
+    heldout = [chosen, arms[chosen]["control"], plan["baseline"]]
+    heldout = list(dict.fromkeys(a for a in heldout if a))
+    cells += [Cell(a, s, arms[a]["overrides"]) for s in plan["heldout_seeds"] for a in heldout]
+  return cells
+
+
+def summarize(plan: dict, cells: dict[str, dict]) -> dict:
+  """summary.json: every arm's accuracy per seed, its paired differences against its
+  control and the baseline (dev and held-out seeds), the chosen arm and the verdict."""
+  acc = {}
+  for rec in cells.values():
+    acc.setdefault(rec["arm"], {})[str(rec["seed"])] = rec["accuracy"]
+  arms = resolve(plan, acc)
+  base, dev, held = plan["baseline"], plan["dev_seeds"], plan["heldout_seeds"]
+  out_arms = {}
+  for name, arm in plan["arms"].items():
+    r = arms[name]
+    entry = {"desc": arm.get("desc", ""), "overrides": list(r["overrides"] or []),
+             "control": r["control"], "contrastive": bool(arm.get("contrastive")),
+             "seeds": dict(sorted(acc.get(name, {}).items(), key=lambda kv: int(kv[0]))),
+             "dev_mean": _dev_mean(acc.get(name, {}), dev)}
+    if r["based_on"]:
+      entry["based_on"] = r["based_on"]
+    for label, seeds in (("dev", dev), ("heldout", held)):
+      if r["control"]:
+        entry[f"vs_control_{label}"] = paired(acc.get(name, {}), acc.get(r["control"], {}),
+                                              seeds)
+      if name != base:
+        entry[f"vs_baseline_{label}"] = paired(acc.get(name, {}), acc.get(base, {}), seeds)
+    out_arms[name] = entry
+  chosen = choose(plan, acc)
+  summary = {"plan": Path(plan["_path"]).name, "dev_seeds": dev, "heldout_seeds": held,
+             "baseline": base, "arms": out_arms, "chosen": chosen,
+             "control": arms[chosen]["control"] if chosen else None}
+  expected = planned_cells(plan, acc)
+  missing = [c.name for c in expected if c.name not in cells]
+  if chosen is None or missing:
+    summary["verdict"] = (f"pending: {len(missing)} cells still to run" if chosen else
+                          "pending: the dev cells are not all done")
+    summary["missing"] = missing
+    return summary
+  c = out_arms[chosen]
+  vs_c, vs_b = c.get("vs_control_heldout"), c.get("vs_baseline_heldout")
+  fmt = lambda d: f"{d['mean']:+.2f} +- {d['se']:.2f} (SE, n={d['n']})"
+  wins = beats(vs_c, len(held)) and beats(vs_b, len(held))
+  summary["verdict"] = (
+      f"{chosen} ({c['desc']}) {'beats' if wins else 'does not beat'} {base} on the held-out "
+      f"seeds {held}: paired difference {fmt(vs_c)} against its control {summary['control']}, "
+      f"{fmt(vs_b)} against {base}; the rule asks for both above twice their SE")
+  summary["beats_baseline"] = wins
+  return summary
+
+
+def _cell_text(d: dict | None) -> str:
+  if d is None:
+    return ""
+  se = "" if math.isnan(d["se"]) else f" +- {d['se']:.2f}"
+  return f"{d['mean']:+.2f}{se} (n={d['n']})"
+
+
+def format_table(summary: dict) -> str:
+  """A markdown table of every arm and seed, with the paired differences."""
+  seeds = summary["dev_seeds"] + summary["heldout_seeds"]
+  head = (["arm", "what"] + [f"seed {s}" for s in seeds]
+          + ["dev mean", "control", "vs control (dev)", f"vs {summary['baseline']} (dev)",
+             "vs control (held-out)", f"vs {summary['baseline']} (held-out)"])
+  rows = [head, ["---"] * len(head)]
+  for name, a in summary["arms"].items():
+    row = [name, a["desc"] + (f" [{a['based_on']}]" if a.get("based_on") else "")]
+    row += [f"{a['seeds'][str(s)]:.2f}" if str(s) in a["seeds"] else "" for s in seeds]
+    row += ["" if a["dev_mean"] is None else f"{a['dev_mean']:.2f}", a["control"] or ""]
+    row += [_cell_text(a.get(k)) for k in ("vs_control_dev", "vs_baseline_dev",
+                                           "vs_control_heldout", "vs_baseline_heldout")]
+    rows.append(row)
+  lines = ["| " + " | ".join(r) + " |" for r in rows]
+  return ("\n".join(lines) + "\n\nAccuracy: ConvNet test %, mean over the evaluation seeds of "
+          "one distillation seed. Differences: mean paired difference +- its standard error "
+          f"over the seeds both arms hold.\n\nChosen: {summary['chosen']}. Verdict: "
+          f"{summary['verdict']}\n")
+
+
+def write_summary(plan: dict, results_dir) -> dict:
+  results_dir = Path(results_dir)
+  summary = summarize(plan, read_cells(results_dir))
+  checkpointing.write_json(results_dir / "summary.json", summary)
+  checkpointing.write_text(results_dir / "table.md", format_table(summary))
+  return summary
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def trajectories_fingerprint(experts_dir) -> str:
+  """sha256 of the experts' trajectories: every cell records which experts it matched."""
+  from datm_clr_jax import experts  # pylint: disable=import-outside-toplevel
+  h = hashlib.sha256()
+  for k in experts.finished_experts(experts_dir):
+    tree = checkpointing.restore_tree(experts.expert_path(experts_dir, k))
+    h.update(np.ascontiguousarray(np.asarray(tree["trajectory"], np.float32)).tobytes())
+  return h.hexdigest()
+
+
+def machine() -> str:
+  """The CPU model (or platform) a cell ran on: cells of one study may run on several."""
+  import platform  # pylint: disable=import-outside-toplevel
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def cell_config(plan: dict, cell: Cell, root: Path, experts_dir: Path):
+  config = apply_overrides(base_config(plan), cell.overrides)
+  config.seed = cell.seed
+  config.experts.dir = str(experts_dir)
+  config.data.cache_dir = str(root / "cache")
+  return config
+
+
+def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None,
+              dry_run: bool = False) -> dict:
+  """Runs the plan's missing cells (at most max_cells), then writes summary.json and table.md.
+
+  root: where the experts, data cache and each cell's workdir live (checkpoints/...).
+  results_dir: where finished cells and the summary go (default: the plan's folder).
+  The plan's optional `experts_dir` (relative to the plan) holds the study's experts, so
+  that cells run on other machines or days match the very same trajectories.
+  """
+  from datm_clr_jax import pipeline  # pylint: disable=import-outside-toplevel
+
+  plan = load_plan(plan_path)
+  plan_dir = Path(plan["_path"]).parent
+  results_dir = Path(results_dir) if results_dir else plan_dir
+  root = Path(root)
+  experts_dir = (plan_dir / plan["experts_dir"] if plan.get("experts_dir")
+                 else root / "experts_run" / "experts")
+  # Every arm's config is built and validated before anything trains.
+  for cell in planned_cells(plan, {}) + [Cell(a, 0, tuple(arm.get("overrides", [])))
+                                         for a, arm in plan["arms"].items()]:
+    pipeline.validate_config(cell_config(plan, cell, root, experts_dir))
+  done_cells = read_cells(results_dir)
+  for name, rec in done_cells.items():
+    if rec["arm"] not in plan["arms"]:
+      raise StudyError(f"{cell_dir(results_dir, name)} belongs to arm {rec['arm']!r}, which "
+                       "the plan no longer has")
+  ran = 0
+  while not dry_run:
+    acc = {}
+    for rec in done_cells.values():
+      acc.setdefault(rec["arm"], {})[str(rec["seed"])] = rec["accuracy"]
+    todo = []
+    for c in planned_cells(plan, acc):
+      rec = done_cells.get(c.name)
+      if rec is None:
+        todo.append(c)
+      elif tuple(rec["overrides"]) != c.overrides:
+        raise StudyError(f"{cell_dir(results_dir, c.name)} was run with overrides "
+                         f"{rec['overrides']}, the plan now says {list(c.overrides)}: restore "
+                         "the plan, or delete that cell to run it again")
+    if not todo or (max_cells is not None and ran >= max_cells):
+      break
+    cell = todo[0]
+    if ran == 0:
+      experts_config = cell_config(plan, cell, root, experts_dir)
+      pipeline.run(experts_config, str(root / "experts_run"), "experts")
+      fingerprint = trajectories_fingerprint(experts_dir)
+    logging.info("study: cell %s (%d left): %s", cell.name, len(todo), " ".join(cell.overrides))
+    workdir = root / cell.name
+    config = cell_config(plan, cell, root, experts_dir)
+    pipeline.run(config, str(workdir), "distill")
+    results = pipeline.run(config, str(workdir), "evaluate")
+    out = cell_dir(results_dir, cell.name)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("results.json", "metrics.jsonl"):
+      shutil.copy2(workdir / f, out / f)
+    rec = {"arm": cell.arm, "seed": cell.seed, "overrides": list(cell.overrides),
+           "accuracy": cell_accuracy(results), "experts_sha256": fingerprint,
+           "machine": machine()}
+    checkpointing.write_json(out / "cell.json", rec)
+    done_cells[cell.name] = rec
+    ran += 1
+    write_summary(plan, results_dir)
+  prints = {rec.get("experts_sha256") for rec in done_cells.values()}
+  if len(prints) > 1:
+    raise StudyError(f"cells in {results_dir} matched different experts ({sorted(prints)}): "
+                     "a study's cells must share one set of experts")
+  return write_summary(plan, results_dir)
