@@ -503,9 +503,10 @@ def _report(pending, *, start: int, iterations: int, log_every: int, counts: dic
            "seconds": round(time.time() - t0, 2)}
     if at_log_step:
       rate = (done - start) / max(time.time() - t0, 1e-9)
-      logging.info("distill %d/%d: L_tm %.4f  L_con %.4f  syn_lr %.5f  skipped %d  "
+      cosine = f"  cos(g_tm, g_con) {rec['grad_cosine']:+.2f}" if "grad_cosine" in rec else ""
+      logging.info("distill %d/%d: L_tm %.4f  L_con %.4f  syn_lr %.5f  skipped %d%s  "
                    "(%.2f it/s, ~%.0fs left)", done, iterations, rec["l_tm"], rec["l_contrast"],
-                   rec["syn_lr"], done - start - counts["accepted"], rate,
+                   rec["syn_lr"], done - start - counts["accepted"], cosine, rate,
                    (iterations - done) / max(rate, 1e-9))
     if log:
       log(rec)

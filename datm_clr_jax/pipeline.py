@@ -532,6 +532,8 @@ class Run:
       # Only when not the reference's 1, so results written before segments existed still
       # count as the same protocol and merge.
       results["protocol"]["num_segments"] = d.num_segments
+    if d.student_momentum:  # likewise: only when not DATM's plain-SGD student
+      results["protocol"]["student_momentum"] = d.student_momentum
     if external:
       results["external"] = external
     if e.random_real:

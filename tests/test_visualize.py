@@ -74,6 +74,16 @@ def test_curves_draw_only_panels_with_something_to_show(tmp_path):
   assert not (tmp_path / "none.png").exists()
 
 
+def test_curves_draw_the_gradient_diagnostics_where_logged(tmp_path):
+  datm = [{**r, "grad_norm_tm": 2.0, "image_rms": 1.0 + r["step"]} for r in _distill_records(0.0)]
+  clr = [{**r, "grad_norm_tm": 2.0, "grad_norm_contrast": 0.5, "grad_cosine": -0.2,
+          "image_rms": 1.0} for r in _distill_records(1.0)]
+  assert visualize.save_curves({"DATM": datm, "DATM-CLR": clr}, tmp_path / "d.png") == [
+      "trajectory matching loss L_tm", "contrastive loss", "syn_lr",
+      "|image gradient of L_tm|", "|image gradient of alpha L_contrast|",
+      "cosine(L_tm, contrast image gradients)", "synthetic images: whitened RMS"]
+
+
 def test_curves_redraw_when_asked_and_never_stop_the_run(tmp_path, monkeypatch):
   from conftest import tiny_config
   from datm_clr_jax import pipeline
