@@ -102,6 +102,11 @@ def get_config():
   config.clr.lr_head = 0.01  # Learned head only: SGD learning rate.
   config.clr.momentum_head = 0.5  # Learned head only: SGD momentum.
 
+  config.logging = ml_collections.ConfigDict()
+  config.logging.tensorboard = True  # Event files in <workdir>/tensorboard (tensorboard extra).
+  config.logging.wandb_project = ""  # Also log to this Weights & Biases project (needs wandb).
+  config.logging.wandb_entity = ""  # wandb team or user; empty: your default.
+
   config.eval = ml_collections.ConfigDict()
   config.eval.num_eval = 5  # Evaluation seeds (networks trained from scratch).
   config.eval.archs = ("convnet",)  # Evaluation networks; add resnet18, vgg11, alexnet (Table 2).

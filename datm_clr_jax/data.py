@@ -4,7 +4,13 @@ A source string names where the data comes from:
   'digits'                     scikit-learn's 8x8 handwritten digits (embedded, no download),
                                split 75/25 into train/test with a fixed seed.
   'tfds:<name>'                tensorflow-datasets (e.g. 'tfds:cifar10', 'tfds:cifar100'),
-                               imported lazily, read through `tfds.data_source`.
+                               prepared on first use as array_record files (preparing needs
+                               TensorFlow: the `data` extra), then read through
+                               `tfds.data_source` without TensorFlow.
+  'cifar:<path>'               the original CIFAR-10/100 python archives as torchvision leaves
+                               them: cifar-10-batches-py/, cifar-100-python/, their .tar.gz,
+                               or a folder holding one of them; which dataset is told by the
+                               files. No TensorFlow.
   'image_folder:<dir or zip>'  train/<class>/*, test/<class>/* image files.
   'npz:<file>'                 arrays x_train, y_train, x_test, y_test (uint8 0..255 or float
                                0..1, NHWC or NHW), optional class_names.
@@ -86,25 +92,62 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
   return Dataset("digits", x_tr, y_tr, x_te, y_te, [str(i) for i in range(10)])
 
 
+def _tfds_prepare(builder, name: str) -> None:
+  """Downloads and prepares a tfds dataset as array_record files, the format data_source reads.
+
+  tfds' own builders decode the archives with TensorFlow, which this package does not need
+  otherwise: without it the user is told which extra to install.
+  """
+  import tensorflow_datasets as tfds
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise DataError(
+        f"tfds:{name} is not prepared in {builder.data_dir_root}, and tensorflow-datasets "
+        "prepares it with TensorFlow: pip install -e '.[data]' (tensorflow-cpu), or use "
+        "cifar:<path> with the CIFAR python archives, or image_folder:/npz: sources") from None
+  logging.info("data: preparing tfds:%s in %s (array_record; downloads the archive once)",
+               name, builder.data_dir_root)
+  try:
+    # The prepared copies on GCS are TFRecord files, which data_source cannot read.
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except Exception as e:
+    raise DataError(f"could not prepare tfds:{name} ({type(e).__name__}: {e}). Without "
+                    "internet, prepare it elsewhere and pass --config.data.data_dir, or use "
+                    "cifar:/image_folder:/npz: sources") from e
+
+
 def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
-  """A tensorflow-datasets image classification dataset via `tfds.data_source`."""
+  """A tensorflow-datasets image classification dataset via `tfds.data_source`.
+
+  Prepared on first use (array_record files under data_dir, tfds' default when None).
+  """
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:  # pragma: no cover - it is a dependency
     raise DataError("tensorflow-datasets is not installed: pip install tensorflow-datasets") from e
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except Exception as e:
     raise DataError(f"tfds has no dataset {name!r} ({e}); use e.g. tfds:cifar10") from e
+  if not builder.is_prepared():
+    _tfds_prepare(builder, name)
+  elif builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+    raise DataError(
+        f"tfds:{name} in {builder.data_dir} was prepared as {builder.info.file_format.value} "
+        "files, which tfds.data_source cannot read: delete that folder (it is prepared again "
+        "as array_record) or point --config.data.data_dir elsewhere")
   splits = {}
   for split in ("train", "test"):
     try:
-      src = tfds.data_source(name, split=split, data_dir=data_dir)
+      src = builder.as_data_source(split=split)
     except Exception as e:
       raise DataError(
           f"could not read tfds:{name} split {split!r} ({type(e).__name__}: {e}). Without "
           "internet, prepare it elsewhere and pass --config.data.data_dir, or use "
-          "image_folder:/npz: sources") from e
+          "cifar:/image_folder:/npz: sources") from e
     n = len(src)
     xs = np.stack([np.asarray(src[i]["image"]) for i in range(n)])
     ys = np.asarray([int(src[i]["label"]) for i in range(n)], np.int32)
@@ -115,6 +158,62 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
     class_names = [str(i) for i in range(int(max(splits["train"][1].max(),
                                                  splits["test"][1].max())) + 1)]
   return Dataset(f"tfds:{name}", *splits["train"], *splits["test"], class_names)
+
+
+# The CIFAR python archives (what torchvision downloads): folder, batch files, label keys.
+_CIFAR_LAYOUTS = {
+    "cifar-10-batches-py": dict(train=[f"data_batch_{i}" for i in range(1, 6)],
+                                test=["test_batch"], meta="batches.meta", labels=b"labels",
+                                names=b"label_names"),
+    "cifar-100-python": dict(train=["train"], test=["test"], meta="meta",
+                             labels=b"fine_labels", names=b"fine_label_names"),
+}
+
+
+def _unpickle(data: bytes) -> dict:
+  import pickle  # pylint: disable=import-outside-toplevel
+  # The archives are pickles, as torchvision reads them: open only archives you trust.
+  return pickle.loads(data, encoding="bytes")
+
+
+def load_cifar(path: str) -> Dataset:
+  """CIFAR-10 or CIFAR-100 from the original python archives (see the module docstring)."""
+  import tarfile  # pylint: disable=import-outside-toplevel
+  p = Path(path).expanduser()
+  files: dict[str, bytes] = {}
+  if p.is_file() and p.name.endswith((".tar.gz", ".tgz", ".tar")):
+    with tarfile.open(p) as tar:
+      for m in tar.getmembers():
+        if m.isfile() and len(Path(m.name).parts) >= 2:
+          files["/".join(Path(m.name).parts[-2:])] = tar.extractfile(m).read()
+  elif p.is_dir():
+    folders = [p] if p.name in _CIFAR_LAYOUTS else [p / n for n in _CIFAR_LAYOUTS]
+    for folder in folders:
+      if folder.is_dir():
+        for f in folder.iterdir():
+          if f.is_file():
+            files[f"{folder.name}/{f.name}"] = f.read_bytes()
+  else:
+    raise DataError(f"cifar:{path}: no such folder or .tar.gz archive")
+  for folder, layout in _CIFAR_LAYOUTS.items():
+    wanted = [f"{folder}/{n}" for n in layout["train"] + layout["test"] + [layout["meta"]]]
+    if not any(w in files for w in wanted):
+      continue
+    missing = [w for w in wanted if w not in files]
+    if missing:
+      raise DataError(f"cifar:{path}: {folder} lacks {', '.join(missing)}")
+
+    def read(names):
+      batches = [_unpickle(files[f"{folder}/{n}"]) for n in names]
+      x = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
+      y = np.concatenate([np.asarray(b[layout["labels"]], np.int32) for b in batches])
+      return _to_float(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), y
+
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in _unpickle(files[f"{folder}/{layout['meta']}"])[layout["names"]]]
+    return Dataset(f"cifar:{path}", *read(layout["train"]), *read(layout["test"]), names)
+  raise DataError(f"cifar:{path} holds neither cifar-10-batches-py/ nor cifar-100-python/ "
+                  "(the python archives torchvision downloads)")
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -258,7 +357,8 @@ def load_dataset(source: str, *, image_size: int = 0, data_dir: str | None = Non
   """Loads a dataset by source string (see the module docstring).
 
   Args:
-    source: 'digits', 'tfds:<name>', 'image_folder:<path>' or 'npz:<path>'.
+    source: 'digits', 'tfds:<name>', 'cifar:<path>', 'image_folder:<path>', 'npz:<path>' or
+      'tiny_imagenet:<dir>'.
     image_size: if > 0, resize images to image_size x image_size.
     data_dir: tfds data directory.
     cache_dir: where decoded image folders are cached (None: no cache).
@@ -273,11 +373,14 @@ def load_dataset(source: str, *, image_size: int = 0, data_dir: str | None = Non
     ds = _cached(cache_dir, source, lambda: load_image_folder(arg))
   elif kind == "npz" and arg:
     ds = load_npz(arg)
+  elif kind == "cifar" and arg:
+    ds = load_cifar(arg)
   elif kind == "tiny_imagenet" and arg:
     ds = _cached(cache_dir, source, lambda: load_tiny_imagenet(arg))
   else:
     raise DataError(f"unknown dataset source {source!r}; use 'digits', 'tfds:<name>', "
-                    "'image_folder:<dir or zip>', 'npz:<file>' or 'tiny_imagenet:<dir>'")
+                    "'cifar:<path>', 'image_folder:<dir or zip>', 'npz:<file>' or "
+                    "'tiny_imagenet:<dir>'")
   if image_size:
     ds = dataclasses.replace(ds, x_train=resize(ds.x_train, image_size),
                              x_test=resize(ds.x_test, image_size))

@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from datm_clr_jax import (augment, checkpointing, data, distill, evaluate, experts, losses,
-                          sharding, torch_io, visualize)
+                          metric_writers, sharding, torch_io, visualize)
 from datm_clr_jax.models import ARCHS, CONV_IMPLS, NORMS, make_network
 
 MODES = ("all", "experts", "distill", "evaluate", "export")
@@ -85,6 +85,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (d.remat_convs and not d.remat,
        "distill.remat_convs chooses what distill.remat keeps: it needs distill.remat=True"),
   ]
+  missing = metric_writers.missing_dependency(config.logging)
+  if missing:
+    raise ConfigError(missing)
   for bad, message in incompatible:
     if bad:
       raise ConfigError(f"incompatible config: {message}")
@@ -146,14 +149,24 @@ def resolve_batch_syn(config, num_syn: int) -> int:
 
 
 class MetricsLog:
-  """Appends JSON records to metrics.jsonl."""
+  """Appends JSON records to metrics.jsonl, and their scalars to each writer (TensorBoard,
+  wandb: metric_writers)."""
 
-  def __init__(self, path: Path):
+  def __init__(self, path: Path, writers=()):
     self.path = path
+    self.writers = list(writers)
 
   def __call__(self, record: dict) -> None:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    got = metric_writers.scalars(record) if self.writers else None
+    for w in self.writers if got else ():
+      w.write(*got)
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+    self.writers = []
 
   def records(self) -> list[dict]:
     return checkpointing.read_jsonl(self.path)
@@ -176,7 +189,8 @@ class Run:
     self.workdir = Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     (self.workdir / "config.json").write_text(config.to_json(indent=1))
-    self.log = MetricsLog(self.workdir / "metrics.jsonl")
+    self.log = MetricsLog(self.workdir / "metrics.jsonl", metric_writers.make_writers(
+        config.logging, self.workdir, config.to_dict()))
     self.cache_dir = config.data.cache_dir or str(self.workdir / "cache")
     self.experts_dir = Path(config.experts.dir or self.workdir / "experts")
     self.mesh = sharding.device_mesh(config.shard)
@@ -622,15 +636,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
   t0 = time.time()
   r = Run(config, workdir)
   state = None
-  if mode in ("all", "experts"):
-    r.experts()
-  if mode in ("all", "distill"):
-    state = r.distill()
-  results = None
-  if mode in ("all", "evaluate"):
-    results = r.evaluate(state)
-    print(format_table(results), flush=True)
-  if mode == "export":
-    print(f"exported to {r.export()}", flush=True)
+  try:
+    if mode in ("all", "experts"):
+      r.experts()
+    if mode in ("all", "distill"):
+      state = r.distill()
+    results = None
+    if mode in ("all", "evaluate"):
+      results = r.evaluate(state)
+      print(format_table(results), flush=True)
+    if mode == "export":
+      print(f"exported to {r.export()}", flush=True)
+  finally:
+    r.log.close()
   logging.info("run finished in %.1fs; outputs in %s", time.time() - t0, r.workdir)
   return results

@@ -8,7 +8,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# EXTRAS (default "test") names the optional extras; the test script adds data (tfds
+# preparation) and tensorboard, so CI tests both.
+.venv/bin/python -m pip install -q -e ".[${EXTRAS:-test}]"
 # WITH_TORCH=1 (the test script sets it) adds the optional torch extra, pinned to the CPU build
 # on disk here (a plain `torch` would pull a multi-GB CUDA build). Without torch the PyTorch
 # interop tests skip and say why; the quickstart does not need it.

@@ -83,6 +83,128 @@ def test_tfds_with_mock_data():
   assert ds.num_classes == 10 and set(ds.y_train) <= set(range(10))
 
 
+def _cifar_records(rng, n, classes, fine_and_coarse=False):
+  """n random CIFAR images, their labels and the raw binary records of the -bin archives."""
+  x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+  y = rng.integers(0, classes, size=n).astype(np.int32)
+  planes = x.transpose(0, 3, 1, 2).reshape(n, -1)  # the archives store channel planes
+  label_bytes = np.stack([y // 5, y] if fine_and_coarse else [y], 1).astype(np.uint8)
+  return x, y, np.concatenate([label_bytes, planes], 1).tobytes()
+
+
+def test_tfds_cifar10_prepares_through_its_own_builder(tmp_path, monkeypatch):
+  """tfds:cifar10 on a fresh data_dir: tfds' builder reads a (tiny) cifar-10-batches-bin
+  archive, writes array_record files, and data_source reads them back as written."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow", reason="preparing needs the data extra (tensorflow-cpu)")
+  rng = np.random.default_rng(0)
+  archive = tmp_path / "extracted"
+  bins = archive / "cifar-10-batches-bin"
+  bins.mkdir(parents=True)
+  names = [f"class{i}" for i in range(10)]
+  (bins / "batches.meta.txt").write_text("\n".join(names) + "\n")
+  train, test = [], None
+  for f in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+    x, y, raw = _cifar_records(rng, 3, 10)
+    (bins / f).write_bytes(raw)
+    if f == "test_batch.bin":
+      test = (x, y)
+    else:
+      train.append((x, y))
+  asked = []
+
+  def download_and_extract(self, url_or_urls):  # no internet: hand over the local archive
+    asked.append(url_or_urls)
+    return str(archive)
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      download_and_extract)
+  ds = data.load_dataset("tfds:cifar10", data_dir=str(tmp_path / "tfds"))
+  assert asked == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
+  assert list((tmp_path / "tfds").rglob("*.array_record*")), "no array_record files written"
+  assert ds.class_names == names
+  # tfds keeps no order promise across shards: compare as sets of (image, label).
+  as_set = lambda xs, ys: sorted((int(l), im.tobytes()) for im, l in zip(xs, ys))
+  x_train = np.concatenate([t[0] for t in train]); y_train = np.concatenate([t[1] for t in train])
+  assert as_set(np.round(ds.x_train * 255).astype(np.uint8), ds.y_train) == as_set(
+      x_train, y_train)
+  assert as_set(np.round(ds.x_test * 255).astype(np.uint8), ds.y_test) == as_set(*test)
+  again = data.load_dataset("tfds:cifar10", data_dir=str(tmp_path / "tfds"))
+  assert len(asked) == 1 and len(again.y_train) == 15  # prepared once
+
+
+def test_tfds_without_tensorflow_names_the_extra(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow_datasets")
+  import builtins
+  real_import = builtins.__import__
+
+  def no_tensorflow(name, *args, **kwargs):
+    if name == "tensorflow" or name.startswith("tensorflow."):
+      raise ImportError("No module named 'tensorflow'")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", no_tensorflow)
+  with pytest.raises(data.DataError, match=r"pip install -e '\.\[data\]'"):
+    data.load_dataset("tfds:cifar10", data_dir=str(tmp_path / "tfds"))
+
+
+def _write_cifar_python(root, layout, rng):
+  """A tiny CIFAR python archive folder as torchvision leaves it; returns the arrays."""
+  import pickle
+  folder = root / layout
+  folder.mkdir(parents=True)
+  cifar100 = layout == "cifar-100-python"
+  classes = 100 if cifar100 else 10
+  out = {}
+  for split, files in (("train", ["train"] if cifar100 else [f"data_batch_{i}" for i in
+                                                            range(1, 6)]),
+                       ("test", ["test"] if cifar100 else ["test_batch"])):
+    xs, ys = [], []
+    for f in files:
+      x, y, _ = _cifar_records(rng, 4, classes)
+      batch = {b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1),
+               (b"fine_labels" if cifar100 else b"labels"): y.tolist()}
+      if cifar100:
+        batch[b"coarse_labels"] = (y // 5).tolist()
+      (folder / f).write_bytes(pickle.dumps(batch))
+      xs.append(x), ys.append(y)
+    out[split] = (np.concatenate(xs), np.concatenate(ys))
+  meta = ({b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+           b"coarse_label_names": [b"s"] * 20} if cifar100 else
+          {b"label_names": [f"c{i}".encode() for i in range(10)]})
+  (folder / ("meta" if cifar100 else "batches.meta")).write_bytes(pickle.dumps(meta))
+  return out
+
+
+@pytest.mark.parametrize("layout", ["cifar-10-batches-py", "cifar-100-python"])
+@pytest.mark.parametrize("form", ["parent", "folder", "tar.gz"])
+def test_cifar_python_archives_load_as_written(tmp_path, layout, form):
+  import tarfile
+  arrays = _write_cifar_python(tmp_path / "root", layout, np.random.default_rng(1))
+  path = {"parent": tmp_path / "root", "folder": tmp_path / "root" / layout,
+          "tar.gz": tmp_path / f"{layout}.tar.gz"}[form]
+  if form == "tar.gz":
+    with tarfile.open(path, "w:gz") as tar:
+      tar.add(tmp_path / "root" / layout, arcname=layout)
+  ds = data.load_dataset(f"cifar:{path}")
+  assert ds.num_classes == (100 if "100" in layout else 10)
+  for split in ("train", "test"):
+    x, y = arrays[split]
+    np.testing.assert_array_equal(np.round(getattr(ds, f"x_{split}") * 255).astype(np.uint8), x)
+    np.testing.assert_array_equal(getattr(ds, f"y_{split}"), y)
+
+
+def test_cifar_source_errors_say_what_is_wrong(tmp_path):
+  with pytest.raises(data.DataError, match="no such folder"):
+    data.load_dataset(f"cifar:{tmp_path / 'nope'}")
+  with pytest.raises(data.DataError, match="neither cifar-10-batches-py"):
+    data.load_dataset(f"cifar:{tmp_path}")
+  _write_cifar_python(tmp_path, "cifar-10-batches-py", np.random.default_rng(0))
+  (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+  with pytest.raises(data.DataError, match="lacks cifar-10-batches-py/data_batch_3"):
+    data.load_dataset(f"cifar:{tmp_path}")
+
+
 def test_zca_whitens_and_inverts(tmp_path):
   rng = np.random.default_rng(0)
   mix = rng.normal(size=(12, 12))

@@ -38,8 +38,15 @@ def test_main_writes_every_output(tmp_path):
   for key in ("distilled", "random_real"):
     r = results[key]["convnet"]
     assert len(r["runs"]) == 2 and 0 <= r["mean"] <= 100 and r["std"] >= 0
-  phases = {json.loads(l)["phase"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()}
-  assert phases == {"experts", "distill", "evaluate"}
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert {r["phase"] for r in records} == {"experts", "distill", "evaluate"}
+  # TensorBoard mirrors metrics.jsonl's scalars (when tensorboardX is installed).
+  from test_metric_writers import read_event_scalars
+  if read_event_scalars is not None:
+    tb = read_event_scalars(tmp_path / "tensorboard")
+    assert tb["distill/l_tm"] == [(r["step"], pytest.approx(r["l_tm"])) for r in records
+                                  if r["phase"] == "distill"]
+    assert "evaluate/distilled/convnet/mean" in tb and "experts/0-1/train_loss" in tb
   assert "accuracy" in out.stdout  # the printed table
   # Export, then evaluate the exported set as an outside set: the same numbers come back.
   export = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=export",
