@@ -13,9 +13,25 @@ from ml_collections import config_flags
 
 _ROOT = Path(__file__).resolve().parents[1]
 
-config_flags.DEFINE_config_file(
-    "config", str(_ROOT / "configs" / "quickstart.py"), "Config file (ml_collections).",
-    lock_config=True)
+
+
+def _unknown_field(error: Exception) -> str:
+  """The one line for a --config.<field> override that names no field of the config."""
+  key = str(error).split("'")[1] if "'" in str(error) else str(error)
+  given = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--config.")]
+  culprit = next((g for g in given if key in g.split(".")), ", ".join(given) or "--config")
+  return (f"error: {culprit}: the config has no field {key!r}; see configs/default.py for "
+          "the fields")
+
+
+try:
+  # ml_collections applies --config.<field> overrides while the flag is defined.
+  config_flags.DEFINE_config_file(
+      "config", str(_ROOT / "configs" / "quickstart.py"), "Config file (ml_collections).",
+      lock_config=True)
+except (AttributeError, KeyError) as e:
+  print(_unknown_field(e), file=sys.stderr)
+  sys.exit(2)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Output directory; default checkpoints/<config.name>.")
 _MODE = flags.DEFINE_enum("mode", "all",
@@ -51,7 +67,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from datm_clr_jax import pipeline  # Deferred: flag errors should not wait for JAX imports.
-  config = flags.FLAGS.config
+  try:
+    config = flags.FLAGS.config
+    config.name  # pylint: disable=pointless-statement  (a failed load raises only on use)
+  except OSError:  # ml_collections loads the file lazily, and its error says little
+    path = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")][-1]
+    why = ("no such file" if not Path(path).is_file() else
+           f"it does not load: `python {path}` shows why")
+    print(f"error: --config={path}: {why}; the configs are in configs/", file=sys.stderr)
+    sys.exit(2)
   if _MODE.value == "report":
     from datm_clr_jax import report
     dirs = _REPORT_DIRS.value or [str(_ROOT / "checkpoints")]
@@ -63,8 +87,16 @@ def main(argv):
       sys.exit(2)
     return
   workdir = _WORKDIR.value or str(_ROOT / "checkpoints" / config.name)
-  logging.info("workdir %s, mode %s", workdir, _MODE.value)
   from datm_clr_jax import study
+  expected = (study.StudyError, pipeline.ConfigError, pipeline.data.DataError,
+              pipeline.checkpointing.CheckpointError)
+  if _MODE.value != "study":
+    try:
+      pipeline.preflight(config, workdir, _MODE.value)
+    except expected as e:  # before any log line or work: the one line says what to do
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  logging.info("workdir %s, mode %s", workdir, _MODE.value)
   try:
     if _MODE.value == "study":
       _study(_WORKDIR.value)
@@ -81,9 +113,20 @@ def main(argv):
     sys.exit(130)
 
 
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # absl would add a second line about --helpshort
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:  # an override of a field the config lacks
+    print(_unknown_field(e), file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

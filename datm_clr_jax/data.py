@@ -352,6 +352,24 @@ def _cached(cache_dir: str | None, source: str, loader):
   return ds
 
 
+PATH_SOURCES = ("image_folder", "npz", "cifar", "tiny_imagenet")
+
+
+def check_source(source: str) -> None:
+  """Raises DataError for a source that cannot load, without loading it (paths must exist)."""
+  kind, _, arg = source.partition(":")
+  if kind == "digits" or (kind == "tfds" and arg):
+    return
+  if kind in PATH_SOURCES and arg:
+    if not Path(arg).expanduser().exists():
+      raise DataError(f"config.data.source={source!r}: {arg} does not exist; give the path of "
+                      "the folder or file")
+    return
+  raise DataError(f"unknown dataset source {source!r}; use 'digits', 'tfds:<name>', "
+                  "'cifar:<path>', 'image_folder:<dir or zip>', 'npz:<file>' or "
+                  "'tiny_imagenet:<dir>'")
+
+
 def load_dataset(source: str, *, image_size: int = 0, data_dir: str | None = None,
                  cache_dir: str | None = None, seed: int = 0) -> Dataset:
   """Loads a dataset by source string (see the module docstring).

@@ -141,6 +141,40 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f"{d.student_momentum}")
 
 
+def preflight(config: ml_collections.ConfigDict, workdir, mode: str) -> None:
+  """Checks everything a run of `mode` needs that can be checked without data or training:
+  every field (validate_config), the data source's path, eval.synset, experts.import_dir and
+  experts.dir, and that an evaluation has something to evaluate. Raises ConfigError,
+  data.DataError or checkpointing.CheckpointError with a message that says what to do."""
+  _choice(mode, MODES, "mode (--mode)")
+  validate_config(config)
+  data.check_source(config.data.source)
+  workdir, ex = Path(workdir), config.experts
+  synset = config.eval.synset
+  if synset and mode in ("all", "evaluate") and not Path(synset).exists():
+    raise ConfigError(f"config.eval.synset={synset}: no such file or folder; give an exported "
+                      "syn_set.npz or a folder of the reference's images_best.pt/labels_best.pt")
+  if ex.import_dir and mode in ("all", "experts"):
+    if not Path(ex.import_dir).is_dir():
+      raise ConfigError(f"config.experts.import_dir={ex.import_dir}: no such folder")
+    if not any(Path(ex.import_dir).glob("replay_buffer_*.pt")):
+      raise ConfigError(f"config.experts.import_dir={ex.import_dir} holds no "
+                        "replay_buffer_<k>.pt files (the reference's buffers)")
+  experts_dir = Path(ex.dir) if ex.dir else workdir / "experts"
+  if experts_dir.exists() and not experts_dir.is_dir():
+    raise ConfigError(f"config.experts.dir={experts_dir} is a file, not a folder")
+  needs_experts = mode == "distill" or (mode == "evaluate" and config.distill.select == "val"
+                                        and not synset)
+  if needs_experts and not experts.finished_experts(experts_dir):
+    raise checkpointing.CheckpointError(
+        f"no expert trajectories in {experts_dir}; run --mode=experts (or --mode=all) first, "
+        "or point config.experts.dir at trained experts")
+  if mode in ("evaluate", "export") and not synset and not (workdir / "distill").is_dir():
+    raise checkpointing.CheckpointError(
+        f"no distilled set in {workdir / 'distill'}; run --mode=distill first, or evaluate an "
+        "outside set with --config.eval.synset")
+
+
 def resolve_batch_syn(config, num_syn: int) -> int:
   b = config.distill.batch_syn or num_syn
   if b > num_syn or num_syn % b:
@@ -632,7 +666,7 @@ def format_table(results: dict) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict | None:
   """Runs the phases that `mode` names; returns results for 'all' and 'evaluate'."""
-  _choice(mode, MODES, "mode (--mode)")
+  preflight(config, workdir, mode)
   t0 = time.time()
   r = Run(config, workdir)
   state = None

@@ -1,6 +1,7 @@
 """The command line: a tiny end-to-end run, every config file, and bad input."""
 
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -86,22 +87,58 @@ def test_outside_synset_that_does_not_fit_is_refused(tmp_path):
     run.external_synset(str(tmp_path / "missing.npz"))
 
 
-@pytest.mark.parametrize("args,message", [
+def _has_wandb():
+  try:
+    import wandb  # noqa: F401
+    return True
+  except ImportError:
+    return False
+
+
+BAD_INPUTS = [  # (flags, what the one line must say); {f} is a file, not a folder
+    (["--config.eval.synset=/nope"], "config.eval.synset=/nope: no such file"),
+    (["--config.nosuch=1"], "--config.nosuch: the config has no field 'nosuch'"),
+    (["--config.distill.nosuch=1"], "--config.distill.nosuch: the config has no field"),
+    (["--config.distill.ipc=abc"], "--config.distill.ipc=abc"),
+    (["--config=configs/nope.py"], "--config=configs/nope.py: no such file"),
     (["--config.data.source=mnistt"], "unknown dataset source"),
-    (["--config.data.source=image_folder:/no/such/dir"], "does not exist"),
-    (["--config.distill.ipc=1000"], "exceeds"),
+    (["--config.data.source=image_folder:/no/such/dir"], "/no/such/dir does not exist"),
+    (["--config.data.source=cifar:/no/such"], "/no/such does not exist"),
+    (["--config.experts.import_dir=/nope"], "import_dir=/nope: no such folder"),
+    (["--config.experts.dir={f}"], "is a file, not a folder"),
     (["--config.clr.loss=triplet"], "clr.loss"),
-])
-def test_bad_input_gives_one_line_error(tmp_path, args, message):
-  out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", *args, timeout=120)
+    (["--config.clr.views=both"], "config.clr.views='both' is not one of"),
+    (["--config.distill.student_momentum=1.5"], "student_momentum must lie in [0, 1)"),
+    (["--config.clr.through_student=False", "--config.clr.strategy=update"],
+     "use clr.strategy='fusion'"),
+    (["--mode=distill"], "no expert trajectories in"),
+    (["--mode=export"], "run --mode=distill first"),
+] + ([] if _has_wandb() else [(["--config.logging.wandb_project=p"], "needs wandb")])
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=lambda v: str(v)[:40])
+def test_bad_input_is_refused_in_one_line_before_any_work(tmp_path, args, message):
+  """A non-zero exit, exactly one line on stderr that says what to do, and nothing trained."""
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  workdir = tmp_path / "run"
+  out = _main("--config=configs/quickstart.py", f"--workdir={workdir}",
+              *[a.format(f=a_file) for a in args], timeout=120)
   assert out.returncode != 0
-  assert message in out.stderr
-  assert "Traceback" not in out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
+  assert message in lines[0]
+  assert not (workdir / "experts").exists()
 
 
-def test_unknown_config_field_is_rejected(tmp_path):
-  out = _main(f"--workdir={tmp_path}", "--config.distill.no_such_field=1", timeout=120)
-  assert out.returncode != 0 and "no_such_field" in out.stderr
+def test_a_data_dependent_error_comes_before_the_experts(tmp_path):
+  out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}",
+              "--config.distill.ipc=1000", timeout=120)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  # Log lines (absl's "I1201 ..." records) come first; the error is the one other line.
+  other = [l for l in out.stderr.splitlines() if l and not re.match(r"[IWEF]\d{4} ", l)]
+  assert len(other) == 1 and "exceeds" in other[0], out.stderr[-2000:]
+  assert not any((tmp_path / "experts").glob("expert_*"))
 
 
 def test_evaluate_without_distillation_says_what_to_do(tmp_path):
