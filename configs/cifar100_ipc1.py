@@ -4,6 +4,9 @@ Launch: bash launch/cifar100_ipc1.sh   (experts, distillation, evaluation)
 Paper (ConvNet, test accuracy %): DATM-CLR 28.7+-0.2 (DATM 27.9+-0.2).
 The paper states N = 20; DATM's N is shipped (--config.distill.num_inner_steps=20 to
 follow the paper); record which N produced a number.
+Data (config.data.source): tfds:cifar100 (default; prepared on first use, needs the data
+extra), cifar:/path/to/cifar-100-python (the PyTorch code's download, or its .tar.gz), or
+image_folder:/npz: copies.
 """
 
 import runpy

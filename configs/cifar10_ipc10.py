@@ -4,6 +4,9 @@ Launch: bash launch/cifar10_ipc10.sh   (experts, distillation, evaluation)
 Paper (ConvNet, test accuracy %): DATM-CLR 70.2+-0.3 (DATM 66.8+-0.2).
 The paper states N = 20; DATM's N is shipped (--config.distill.num_inner_steps=20 to
 follow the paper); record which N produced a number.
+Data (config.data.source): tfds:cifar10 (default; prepared on first use, needs the data
+extra), cifar:/path/to/cifar-10-batches-py (the PyTorch code's download, or its .tar.gz), or
+image_folder:/npz: copies, e.g. image_folder:../shared/data/cifar10-jpeg.zip.
 """
 
 import runpy

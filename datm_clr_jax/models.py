@@ -61,8 +61,8 @@ def resolve_conv_impl(impl: str) -> str:
   """'auto' -> 'hybrid' on CPU, 'xla' elsewhere.
 
   'xla': XLA's convolution, differentiated by JAX. On XLA:CPU its weight-gradient
-  convolution runs ~30x slower inside a while loop (lax.scan, fori_loop) than outside it, and
-  trajectory matching differentiates convolutions inside scans everywhere.
+  convolution runs many times slower inside a while loop (lax.scan, fori_loop) than outside
+  it (launch/benchmark_conv.py measures it), and trajectory matching differentiates convolutions inside scans everywhere.
   'im2col': shifted slices + one matmul, differentiated by JAX; matmul speed in or out of
   loops, but the patch copies and their adjoints cost memory traffic.
   'hybrid': XLA's convolution for the forward pass and the input gradient, matmuls for the
@@ -154,9 +154,9 @@ def _kernel_grad_bwd(padding, kh, kw, res, ct):
 _kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
 
 
-# XLA:CPU's convolution on tiny maps is pathological: 3x3, 512 -> 512 channels on 2x2 maps
-# (VGG11's last two layers at 32 px) took 7.1 s for 500 images where the im2col matmul took
-# 0.14 s; at 4x4 the two are within 1.4x either way (launch/benchmark_conv.py --tiny_maps).
+# XLA:CPU's convolution on tiny maps is pathological: on 2x2 maps (VGG11's last two layers at
+# 32 px) the im2col matmul is far faster, at 4x4 the two are close (the figures:
+# launch/benchmark_conv.py --tiny_maps, launch/results/cross_arch_cpu.md).
 _IM2COL_MAX_PIXELS = 4
 
 
