@@ -468,3 +468,34 @@ def test_diagnostics_split_the_step_s_image_gradient(overrides):
   np.testing.assert_array_equal(runs[0].syn_images, runs[1].syn_images)
   assert np.isclose(float(m["image_rms"]), float(jnp.sqrt(jnp.mean(
       jnp.square(step(state, traj, upper, key)[0].syn_images)))))
+
+
+@pytest.mark.parametrize("overrides", [dict(clr_strategy="none"),
+                                       dict(clr_strategy="fusion", alpha=0.5, views="shared")])
+def test_parallel_runs_equal_separate_runs(overrides):
+  """K runs in one program (make_parallel_step) follow the same paths as K separate runs."""
+  net, cfg, feat, images, labels, theta0, target = _setup(**overrides)
+  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
+  rng = np.random.default_rng(0)
+  traj = jnp.stack([jnp.stack([theta0, target, 2 * target - theta0]),
+                    jnp.stack([target, theta0, target])])  # 2 experts, 3 snapshots
+  runs = [distill.init_state(images + 0.1 * k * jnp.asarray(rng.normal(size=images.shape),
+                                                             images.dtype), labels, 0.01, opt)
+          for k in range(3)]
+  seeds = [0, 5, 9]
+  single = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  batched = distill.make_parallel_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  apart, together = list(runs), distill.stack_states(runs)
+  for it in range(2):
+    keys = [jax.random.fold_in(jax.random.PRNGKey(s), it) for s in seeds]
+    metrics = [None] * 3
+    for k in range(3):
+      apart[k], metrics[k] = single(apart[k], traj, jnp.int32(2), keys[k])
+    together, m = batched(together, traj, jnp.int32(2), jnp.stack(keys))
+    np.testing.assert_array_equal(m["expert"], [mk["expert"] for mk in metrics])
+    np.testing.assert_array_equal(m["start_epoch"], [mk["start_epoch"] for mk in metrics])
+  assert len({int(mk["expert"]) * 10 + int(mk["start_epoch"]) for mk in metrics}) > 1
+  for got, want in zip(distill.unstack_states(together), apart):
+    np.testing.assert_allclose(got.syn_images, want.syn_images, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.syn_lr, want.syn_lr, rtol=1e-5)
+    assert int(got.iteration) == 2
