@@ -42,6 +42,13 @@ _MODE = flags.DEFINE_enum("mode", "all",
 _REPORT_DIRS = flags.DEFINE_list("report_dirs", None,
                                  "--mode=report: folders searched for results.json "
                                  "(default: checkpoints/).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join JAX's distributed runtime (cluster environment, or the three "
+    "flags below): experts and evaluation seeds are split over the processes.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "--distributed: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this one's index.")
 _STUDY = flags.DEFINE_string("study", None, "--mode=study: the plan (JSON), e.g. "
                              "launch/results/clr_study/plan.json; results go beside it.")
 _STUDY_MAX_CELLS = flags.DEFINE_integer("study_max_cells", None,
@@ -90,6 +97,14 @@ def main(argv):
   from datm_clr_jax import study
   expected = (study.StudyError, pipeline.ConfigError, pipeline.data.DataError,
               pipeline.checkpointing.CheckpointError)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    from datm_clr_jax import distributed
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if distributed.count() > 1 and _MODE.value not in ("experts", "evaluate"):
+      print(f"error: --mode={_MODE.value} does not split over processes; with several run "
+            "--mode=experts, then --mode=distill as one process, then --mode=evaluate",
+            file=sys.stderr)
+      sys.exit(2)
   if _MODE.value != "study":
     try:
       pipeline.preflight(config, workdir, _MODE.value)

@@ -72,9 +72,24 @@ def _abs(path) -> Path:
   return Path(path).expanduser().resolve()
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+  """Every file here is written by one process for itself (experts are split between the
+  processes of a distributed run, distillation runs alone), so orbax must not wait for the
+  others: this process is its own primary host."""
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                            barrier_sync_key_prefix=f"process{me}")
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+  if jax.process_count() == 1:
+    return ocp.StandardCheckpointer()
+  return ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
+
+
 def save_tree(path, tree: Any) -> None:
   """Saves a pytree of arrays to `path` (a directory), replacing what is there."""
-  ckpt = ocp.StandardCheckpointer()
+  ckpt = _checkpointer()
   ckpt.save(_abs(path), jax.tree_util.tree_map(np.asarray, tree), force=True)
   ckpt.wait_until_finished()
 
@@ -85,7 +100,7 @@ def restore_tree(path, target: Any | None = None) -> Any:
   if not p.exists():
     raise CheckpointError(f"no checkpoint at {p}")
   try:
-    ckpt = ocp.StandardCheckpointer()
+    ckpt = _checkpointer()
     if target is None:
       return ckpt.restore(p)
     return ckpt.restore(p, jax.tree_util.tree_map(np.asarray, target))
@@ -99,8 +114,12 @@ class StepCheckpoints:
 
   def __init__(self, directory, keep: int = 2):
     self.directory = _abs(directory)
+    extra = {"create": True}
+    if jax.process_count() > 1:  # orbax then leaves creating the folder to us
+      self.directory.mkdir(parents=True, exist_ok=True)
+      extra = {"create": False, "multiprocessing_options": _this_process_only()}
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **extra))
 
   def save(self, step: int, tree: Any) -> None:
     self._manager.save(step, args=ocp.args.StandardSave(

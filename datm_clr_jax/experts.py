@@ -133,7 +133,7 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
                   epochs: int, lr: float, batch_size: int, parallel: int, strategy: str,
                   dsa_mode: str, seed: int, image_shape, gsam: GSAM | None = None,
                   save_epochs: int = 0, mesh=None, meta_extra=None, log=None,
-                  loop: str = "auto") -> None:
+                  loop: str = "auto", process_index: int = 0, process_count: int = 1) -> None:
   """Trains `num_experts` experts (in groups of `parallel`) and saves their trajectories.
 
   Already finished experts are skipped and an interrupted group resumes from its last epoch,
@@ -151,6 +151,8 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
     mesh: a `sharding.device_mesh()`: each device trains its share of a group's experts.
     log: optional callable(dict) receiving one record per epoch.
     loop: how a group trains: 'vmap', 'map' or 'auto' (sharding.resolve_network_loop).
+    process_index, process_count: with several processes (distributed.py) the groups are
+      shared out in rounds and gathered to process 0, which alone writes `root`.
   """
   root = Path(root)
   meta = {"num_params": network.num_params, "epochs": epochs, "lr": lr,
@@ -161,12 +163,45 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
   if save_epochs:
     meta["save_epochs"] = save_epochs
   meta.update(meta_extra or {})
-  _write_meta(root, meta)
-  done = set(finished_experts(root))
+  if process_index == 0:
+    _write_meta(root, meta)
+  done = set(finished_experts(root)) if process_index == 0 else set()
+  if process_count > 1:
+    _train_in_rounds(network, x_train, y_train, x_test, y_test, root=root, done=done,
+                     num_experts=num_experts, epochs=epochs, parallel=parallel, seed=seed,
+                     image_shape=image_shape, save_epochs=save_epochs, mesh=mesh, log=log,
+                     process_index=process_index, process_count=process_count,
+                     trainer=lambda: _trainer(network, x_train, y_train, lr=lr,
+                                              batch_size=batch_size, strategy=strategy,
+                                              dsa_mode=dsa_mode, gsam=gsam, loop=loop,
+                                              mesh=mesh))
+    return
   todo = [k for k in range(num_experts) if k not in done]
   if not todo:
     logging.info("experts: all %d already trained in %s", num_experts, root)
     return
+  train_group = _trainer(network, x_train, y_train, lr=lr, batch_size=batch_size,
+                         strategy=strategy, dsa_mode=dsa_mode, gsam=gsam, loop=loop, mesh=mesh)
+  for g in range(0, len(todo), parallel):
+    group = todo[g:g + parallel]
+    progress = checkpointing.StepCheckpoints(root / "in_progress", keep=1)
+    traj = train_group(group, epochs=epochs, seed=seed, image_shape=image_shape,
+                       x_test=x_test, y_test=y_test, progress=progress, log=log)
+    _save_group(root, group, traj, save_epochs or epochs)
+    progress.close()
+    shutil.rmtree(progress.directory, ignore_errors=True)
+
+
+def _save_group(root: Path, group, traj: np.ndarray, last_epoch: int) -> None:
+  for i, k in enumerate(group):
+    # The final parameters are kept apart: they choose the initial synthetic set.
+    checkpointing.save_tree(expert_path(root, k), {"trajectory": traj[i, :last_epoch + 1],
+                                                   "final": traj[i, -1]})
+
+
+def _trainer(network: Network, x_train, y_train, *, lr, batch_size, strategy, dsa_mode, gsam,
+             loop, mesh):
+  """train_group(group, ...) -> its (len(group), epochs + 1, P) trajectory, resumable."""
   loop = sharding.resolve_network_loop(loop, sharding.num_devices(mesh), "experts.loop")
   epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
                               strategy=strategy, dsa_mode=dsa_mode, gsam=gsam, loop=loop)
@@ -176,18 +211,18 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
     return tester(jax.vmap(lambda p: {"params": network.unravel(p)})(params), x, y)
 
   x_dev, y_dev = sharding.replicate((jnp.asarray(x_train), jnp.asarray(y_train)), mesh)
-  base = jax.random.PRNGKey(seed)
-  for g in range(0, len(todo), parallel):
-    group = todo[g:g + parallel]
+
+  def train_group(group, *, epochs, seed, image_shape, x_test, y_test, progress, log):
+    base = jax.random.PRNGKey(seed)
     ids = np.asarray(group)
     traj = np.zeros((len(group), epochs + 1, network.num_params), np.float32)
-    progress = checkpointing.StepCheckpoints(root / "in_progress", keep=1)
     start_epoch = 0
-    try:
-      resumed = progress.restore_latest({"ids": ids, "trajectory": traj})
-    except checkpointing.CheckpointError as e:
-      logging.warning("experts: ignoring unusable in-progress group (%s)", e)
-      resumed = None
+    resumed = None
+    if progress is not None:
+      try:
+        resumed = progress.restore_latest({"ids": ids, "trajectory": traj})
+      except checkpointing.CheckpointError as e:
+        logging.warning("experts: ignoring unusable in-progress group (%s)", e)
     if resumed is not None and np.array_equal(resumed[1]["ids"], ids):
       start_epoch, traj = resumed[0], np.array(resumed[1]["trajectory"])
       logging.info("experts %s: resuming at epoch %d", group, start_epoch)
@@ -201,8 +236,9 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
           [jax.random.fold_in(jax.random.fold_in(base, k), ep + 1) for k in group]), mesh)
       params, train_loss = epoch_fn(params, keys, x_dev, y_dev)
       traj[:, ep + 1] = np.asarray(params)
-      progress.save(ep + 1, {"ids": ids, "trajectory": traj})
-      record = {"phase": "experts", "experts": group, "epoch": ep + 1,
+      if progress is not None:
+        progress.save(ep + 1, {"ids": ids, "trajectory": traj})
+      record = {"phase": "experts", "experts": list(group), "epoch": ep + 1,
                 "train_loss": float(np.mean(train_loss)), "seconds": round(time.time() - t0, 2)}
       if ep + 1 == epochs or (ep + 1) % max(1, epochs // 5) == 0:
         record["test_acc"] = float(np.mean(acc_fn(params, x_test, y_test)))
@@ -212,13 +248,45 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
                    record["seconds"])
       if log:
         log(record)
-    keep = (save_epochs or epochs) + 1
-    for i, k in enumerate(group):
-      # The final parameters are kept apart: they choose the initial synthetic set.
-      checkpointing.save_tree(expert_path(root, k), {"trajectory": traj[i, :keep],
-                                                     "final": traj[i, -1]})
-    progress.close()
-    shutil.rmtree(root / "in_progress", ignore_errors=True)
+    return traj
+
+  return train_group
+
+
+def _train_in_rounds(network, x_train, y_train, x_test, y_test, *, root, done, num_experts,
+                     epochs, parallel, seed, image_shape, save_epochs, mesh, log,
+                     process_index, process_count, trainer):
+  """Several processes: in round r process i trains the (r P + i)-th missing group, then
+  every group of the round is gathered to process 0, which saves it (orbax writes numpy
+  trees from process 0 only). Process 0's `done` decides what is missing, for everyone."""
+  from datm_clr_jax import distributed  # pylint: disable=import-outside-toplevel
+  done_mask = distributed.from_process_0(
+      np.asarray([k in done for k in range(num_experts)], np.int32))
+  missing = [k for k in range(num_experts) if not done_mask[k]]
+  groups = [missing[g:g + parallel] for g in range(0, len(missing), parallel)]
+  if not groups:
+    logging.info("experts: all %d already trained in %s", num_experts, root)
+    return
+  train_group = trainer()
+  for r in range(0, len(groups), process_count):
+    mine = groups[r + process_index] if r + process_index < len(groups) else []
+    # Only process 0 keeps in-progress checkpoints: a kill costs the others their group.
+    progress = (checkpointing.StepCheckpoints(root / "in_progress", keep=1)
+                if process_index == 0 and mine else None)
+    traj = np.zeros((parallel, epochs + 1, network.num_params), np.float32)
+    ids = np.full((parallel,), -1, np.int32)
+    if mine:
+      traj[:len(mine)] = train_group(mine, epochs=epochs, seed=seed, image_shape=image_shape,
+                                     x_test=x_test, y_test=y_test, progress=progress, log=log)
+      ids[:len(mine)] = mine
+    all_traj, all_ids = distributed.gather(traj), distributed.gather(ids)
+    if process_index == 0:
+      for t, i in zip(all_traj, all_ids):
+        group = [int(k) for k in i if k >= 0]
+        _save_group(root, group, t, save_epochs or epochs)
+      if progress is not None:
+        progress.close()
+        shutil.rmtree(progress.directory, ignore_errors=True)
 
 
 def import_buffers(network: Network, source, root, *, image_shape) -> int:

@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from datm_clr_jax import (augment, checkpointing, data, distill, evaluate, experts, losses,
-                          metric_writers, sharding, torch_io, visualize)
+from datm_clr_jax import (augment, checkpointing, data, distill, distributed, evaluate,
+                          experts, losses, metric_writers, sharding, torch_io, visualize)
 from datm_clr_jax.models import ARCHS, CONV_IMPLS, NORMS, make_network
 
 MODES = ("all", "experts", "distill", "evaluate", "export")
@@ -149,6 +149,8 @@ def preflight(config: ml_collections.ConfigDict, workdir, mode: str) -> None:
   _choice(mode, MODES, "mode (--mode)")
   validate_config(config)
   data.check_source(config.data.source)
+  if distributed.index() > 0:
+    return  # the workdir is process 0's: the others read and write none of it
   workdir, ex = Path(workdir), config.experts
   synset = config.eval.synset
   if synset and mode in ("all", "evaluate") and not Path(synset).exists():
@@ -223,8 +225,11 @@ class Run:
     self.workdir = Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     (self.workdir / "config.json").write_text(config.to_json(indent=1))
-    self.log = MetricsLog(self.workdir / "metrics.jsonl", metric_writers.make_writers(
-        config.logging, self.workdir, config.to_dict()))
+    if distributed.index() == 0:
+      self.log = MetricsLog(self.workdir / "metrics.jsonl", metric_writers.make_writers(
+          config.logging, self.workdir, config.to_dict()))
+    else:  # the other processes of a distributed run keep their own records
+      self.log = MetricsLog(self.workdir / f"metrics.process{distributed.index()}.jsonl")
     self.cache_dir = config.data.cache_dir or str(self.workdir / "cache")
     self.experts_dir = Path(config.experts.dir or self.workdir / "experts")
     self.mesh = sharding.device_mesh(config.shard)
@@ -312,7 +317,8 @@ class Run:
               if c.optimizer == "gsam" else None), save_epochs=c.save_epochs, mesh=self.mesh,
         meta_extra=({"held_out_val_per_class": self.config.distill.val_per_class}
                     if self.config.distill.select == "val" else None), log=self.log,
-        loop=c.loop)
+        loop=c.loop, process_index=distributed.index(), process_count=distributed.count())
+    distributed.barrier("experts trained")  # the next phase reads every process's experts
     logging.info("experts: done in %.1fs", time.time() - t0)
     self.save_curves()
 
@@ -415,6 +421,8 @@ class Run:
 
   def save_curves(self, at_most_every: float = 0.0) -> None:
     """Redraws curves.png from metrics.jsonl, unless it was drawn under `at_most_every` s ago."""
+    if distributed.index() > 0:
+      return  # process 0 draws the run's curves
     if time.time() - self._curves_drawn_at < at_most_every:
       return
     try:
@@ -537,25 +545,44 @@ class Run:
     return images, labels, lr, info
 
   # --------------------------------------------------------------------------- evaluate
-  def evaluate(self, state: distill.SynState | None = None) -> dict:
+  def _set_to_evaluate(self, state):
+    """(syn_images, label logits, syn_lr, iteration, selection, external provenance)."""
     e, d = self.config.eval, self.config.distill
-    external = None
     if e.synset:
       syn_images, syn_labels, syn_lr, external = self.external_synset(e.synset)
-      iteration, selection = None, "external set"
-    else:
-      selection = "final iteration (no test-set selection)"
-      loaded_here = state is None or d.select == "val"
-      if d.select == "val":
-        state, best = self.load_best()
-        selection = (f"best validation accuracy ({best['val_acc']:.2f}%, {d.val_per_class} "
-                     f"training images per class held out), iteration {best['iteration']}")
-      elif state is None:
-        state = self.require_state()
-      if loaded_here:  # distill() already wrote the files of the state it returned
-        self.save_synset(state)
-      syn_images, syn_labels = np.asarray(state.syn_images), np.asarray(state.syn_labels)
-      syn_lr, iteration = float(state.syn_lr), int(state.iteration)
+      return syn_images, syn_labels, syn_lr, None, "external set", external
+    selection = "final iteration (no test-set selection)"
+    loaded_here = state is None or d.select == "val"
+    if d.select == "val":
+      state, best = self.load_best()
+      selection = (f"best validation accuracy ({best['val_acc']:.2f}%, {d.val_per_class} "
+                   f"training images per class held out), iteration {best['iteration']}")
+    elif state is None:
+      state = self.require_state()
+    if loaded_here:  # distill() already wrote the files of the state it returned
+      self.save_synset(state)
+    return (np.asarray(state.syn_images), np.asarray(state.syn_labels), float(state.syn_lr),
+            int(state.iteration), selection, None)
+
+  def _shared_set(self, state):
+    """_set_to_evaluate on process 0, sent to the other processes of a distributed run."""
+    if distributed.count() == 1:
+      return self._set_to_evaluate(state)
+    got = self._set_to_evaluate(state) if distributed.index() == 0 else None
+    n = int(distributed.from_process_0(np.asarray(len(got[0]) if got else 0, np.int32)))
+    arrays = ((np.asarray(got[0], np.float32), np.asarray(got[1], np.float32),
+               np.asarray(got[2], np.float32), np.asarray(-1 if got[3] is None else got[3],
+                                                          np.int32)) if got else
+              (np.zeros((n, *self.image_shape), np.float32),
+               np.zeros((n, self.num_classes), np.float32), np.zeros((), np.float32),
+               np.zeros((), np.int32)))
+    images, labels, lr, it = distributed.from_process_0(arrays)
+    meta = got[4:] if got else ("", None)
+    return images, labels, float(lr), (None if int(it) < 0 else int(it)), *meta
+
+  def evaluate(self, state: distill.SynState | None = None) -> dict:
+    e, d = self.config.eval, self.config.distill
+    syn_images, syn_labels, syn_lr, iteration, selection, external = self._shared_set(state)
     p = self.prepared
     cfg = evaluate.EvalConfig(epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
                               weight_decay=e.weight_decay, strategy=self.config.dsa.strategy,
@@ -603,22 +630,32 @@ class Run:
       for name, images, labels, lr in sets:
         label = f"evaluate {name.replace('_', ' ')} ({arch})"
         kept = earlier[name].get(arch) if e.resume else None
-        if kept is not None:
-          results[name][arch] = kept
-          logging.info("%s: %.2f +- %.2f, kept from %s (eval.resume)", label, kept["mean"],
-                       kept["std"], path)
+        # Process 0's results.json decides what is kept: every process must train the same.
+        if distributed.from_process_0(np.asarray(kept is not None, np.int32)):
+          if kept is not None:
+            results[name][arch] = kept
+            logging.info("%s: %.2f +- %.2f, kept from %s (eval.resume)", label, kept["mean"],
+                         kept["std"], path)
           continue
         t0 = time.time()
-        runs = evaluate.evaluate_synset(net, images, labels, lr, p.x_test, p.dataset.y_test,
-                                        seeds=seeds, cfg=cfg, mesh=self.mesh, label=label)
+        # With several processes each trains every P-th seed; all of them get every number.
+        mine = distributed.my_share(list(range(len(seeds))))
+        if np.ndim(images) == 5:  # one set per seed (random real)
+          images, labels = images[mine], labels[mine]
+        runs = evaluate.evaluate_synset(
+            net, images, labels, lr, p.x_test, p.dataset.y_test, seeds=[seeds[i] for i in mine],
+            cfg=cfg, mesh=self.mesh, label=label) if mine else []
+        runs = distributed.gather_shares(runs, len(seeds))
         results[name][arch] = evaluate.summarize(runs)
         self.log({"phase": "evaluate", "set": name, "arch": arch, "runs": runs,
                   "seconds": round(time.time() - t0, 2)})
         logging.info("%s: %.2f +- %.2f (%.1fs)", label, np.mean(runs), np.std(runs),
                      time.time() - t0)
-        checkpointing.write_json(path, merge_archs(path, results))
+        if distributed.index() == 0:
+          checkpointing.write_json(path, merge_archs(path, results))
     results = merge_archs(path, results)
-    checkpointing.write_json(path, results)
+    if distributed.index() == 0:
+      checkpointing.write_json(path, results)
     return results
 
 

@@ -6,9 +6,9 @@ synthetic set and every unrolled minibatch are split along the image axis, and X
 the reductions (the step's result is the single-device result up to float reassociation).
 
 With one device every helper is the identity, so single-device code paths are unchanged.
-Multi-GPU: all local GPUs are used. Multi-host: call `jax.distributed.initialize()` before
-anything else (JAX's distributed runtime); `jax.devices()` then spans every host and the same
-mesh applies. Tested on the CPU with `XLA_FLAGS=--xla_force_host_platform_device_count=4`.
+Multi-GPU: all local GPUs are used. Several processes or hosts (distributed.py) split the
+experts and evaluation seeds between them; each one's mesh spans its own local devices.
+Tested on the CPU with `XLA_FLAGS=--xla_force_host_platform_device_count=4`.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def over_networks(fn, loop: str, in_axes: tuple):
 
 
 def device_mesh(enabled: bool = True) -> Mesh | None:
-  """A 1-D mesh over all devices, or None with a single device (or when disabled)."""
-  devices = jax.devices()
+  """A 1-D mesh over this process's devices, or None with a single one (or when disabled)."""
+  devices = jax.local_devices()
   if not enabled or len(devices) == 1:
     return None
   return Mesh(np.asarray(devices), (AXIS,))
