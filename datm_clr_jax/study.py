@@ -318,11 +318,39 @@ def format_table(summary: dict) -> str:
           f"{summary['verdict']}\n")
 
 
+def save_seed_curves(results_dir) -> list[Path]:
+  """curves_seed<s>.png: per distillation seed, every arm's distillation curves (L_tm,
+  L_contrast, syn_lr, the gradient diagnostics, whitened RMS) overlaid, one colour per arm."""
+  from datm_clr_jax import visualize  # pylint: disable=import-outside-toplevel
+  results_dir = Path(results_dir)
+  by_seed: dict = {}
+  for name, rec in read_cells(results_dir).items():
+    metrics = cell_dir(results_dir, name) / "metrics.jsonl"
+    if metrics.exists():
+      by_seed.setdefault(rec["seed"], {})[rec["arm"]] = checkpointing.read_jsonl(metrics)
+  out = []
+  for seed, runs in sorted(by_seed.items()):
+    path = results_dir / f"curves_seed{seed}.png"
+    try:
+      if visualize.save_curves(dict(sorted(runs.items(), key=lambda kv: _arm_order(kv[0]))),
+                               path, phases=("distill",)):
+        out.append(path)
+    except Exception as e:  # noqa: BLE001 - a figure must never stop a study
+      logging.warning("study: %s not drawn (%s)", path, e)
+  return out
+
+
+def _arm_order(name: str):
+  digits = "".join(c for c in name if c.isdigit())
+  return (name.rstrip("0123456789"), int(digits) if digits else 0)
+
+
 def write_summary(plan: dict, results_dir) -> dict:
   results_dir = Path(results_dir)
   summary = summarize(plan, read_cells(results_dir))
   checkpointing.write_json(results_dir / "summary.json", summary)
   checkpointing.write_text(results_dir / "table.md", format_table(summary))
+  save_seed_curves(results_dir)
   return summary
 
 
@@ -349,6 +377,17 @@ def machine() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def code_commit() -> str | None:
+  """The git commit of the code that runs a cell (None outside a git checkout)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
+                         text=True, timeout=10)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def cell_config(plan: dict, cell: Cell, root: Path, experts_dir: Path):
@@ -417,7 +456,7 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
       shutil.copy2(workdir / f, out / f)
     rec = {"arm": cell.arm, "seed": cell.seed, "overrides": list(cell.overrides),
            "accuracy": cell_accuracy(results), "experts_sha256": fingerprint,
-           "machine": machine()}
+           "machine": machine(), "code_commit": code_commit()}
     checkpointing.write_json(out / "cell.json", rec)
     done_cells[cell.name] = rec
     ran += 1

@@ -163,9 +163,12 @@ def test_a_study_runs_resumes_and_refuses_a_changed_plan(tmp_path, monkeypatch):
   assert s["chosen"] == max(dev_means, key=dev_means.get)
   assert not s["beats_baseline"]  # one held-out seed has no standard error
   assert len({rec["experts_sha256"] for rec in cells.values()}) == 1
+  assert all(rec["machine"] and "code_commit" in rec for rec in cells.values())
   on_disk = json.loads((path.parent / "summary.json").read_text())
   assert on_disk["chosen"] == s["chosen"] and set(on_disk["arms"]) == {"B0", "B1", "B2", "B3"}
   assert (path.parent / "table.md").exists()
+  assert sorted(p.name for p in path.parent.glob("curves_seed*.png")) == [
+      "curves_seed0.png", "curves_seed1.png"]
 
   calls.clear()
   study.run_study(path, root)
