@@ -11,7 +11,11 @@ Sections (each prints a markdown table; --out also writes them to a file):
            N unrolled soft-CE SGD steps on the synthetic minibatch, L_tm, gradients w.r.t.
            images, label logits and syn_lr, and the SGD-momentum updates; no DSA, no
            contrastive term (PyTorch: flat functional parameters, create_graph=True, as
-           MTT/DATM do). "datm-clr" rows are the full JAX step (DSA + SupCon Fusion), JAX only.
+           MTT/DATM do). "datm + dsa" rows add DSA in single mode to every inner step, as a
+           DATM run takes it, and "datm-clr" rows the contrastive term of Contrastive Fusion
+           as well (two "multiple"-DSA views, features, a random head, SupCon, alpha 0.1;
+           --clr_views=extra|shared): the steps runs really take, with PyTorch's rendering in
+           launch/torch_dsa.py. --skip_full leaves those two out.
            --remat=1,convs,0 times the JAX step with per-step rematerialisation, with remat
            that also keeps the convolution outputs (distill.remat_convs), and without remat
            (PyTorch keeps every step's graph: it never recomputes, and uses memory linear in N).
@@ -193,8 +197,13 @@ REMAT_MODES = {"1": (dict(remat=True), "on"), "0": (dict(remat=False), "off"),
                "convs": (dict(remat=True, remat_convs=True), "on, convs kept")}
 
 
+# Step kinds: (DSA mode of the student's view, contrastive term on).
+KINDS = {"matched": ("none", False), "datm + dsa": ("single", False), "datm-clr": ("single", True)}
+
+
 def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat="1",
-                  unroll=1, conv_impl="auto", num_segments=1, segment_loop="map"):
+                  unroll=1, conv_impl="auto", num_segments=1, segment_loop="map", kind=None,
+                  views="extra"):
   """JAX network, jitted step, initial state and fake trajectories at one setting's shapes."""
   shape = (size, size, 3)
   net = make_network("convnet", classes, shape, width=width, conv_impl=conv_impl)
@@ -207,10 +216,11 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
   traj = np.stack([theta + 0.01 * k * rng.standard_normal((3, theta.size)).astype(np.float32)
                    for k in (1, 2)])
   traj[:, 0] = theta
+  dsa_mode, clr = KINDS[kind or ("datm-clr" if full else "matched")]
   cfg = distill.StepConfig(
       num_inner_steps=n_steps, expert_epochs=2, min_start_epoch=0, batch_syn=batch_syn,
-      threshold=1e9, strategy=augment.DEFAULT_STRATEGY if full else "",
-      dsa_mode="single" if full else "none", clr_strategy="fusion" if full else "none",
+      threshold=1e9, strategy=augment.DEFAULT_STRATEGY if dsa_mode != "none" else "",
+      dsa_mode=dsa_mode, clr_strategy="fusion" if clr else "none", views=views,
       unroll=unroll, num_segments=num_segments, segment_loop=segment_loop,
       **REMAT_MODES[remat][0])
   opt = distill.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
@@ -230,9 +240,15 @@ def jax_distill(step, args, repeats):
 
 
 def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, repeats,
-                  depth=3):
-  """MTT/DATM's inner loop: flat params, create_graph=True, then backward to the syn set."""
+                  depth=3, kind="matched", views="extra"):
+  """MTT/DATM's inner loop: flat params, create_graph=True, then backward to the syn set.
+
+  kind (KINDS): "datm + dsa" augments each step's minibatch with DSA (single mode);
+  "datm-clr" also adds alpha * mean_n L_contrast (launch/torch_dsa.py) to the outer loss.
+  """
+  import torch_dsa  # pylint: disable=import-outside-toplevel
   torch = tb.torch
+  dsa_mode, clr = KINDS[kind]
   f = torch.nn.functional
   dev = tb.device
   rng = np.random.default_rng(0)
@@ -250,6 +266,8 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, 
     return [a.shape for a in tensors], torch.tensor(
         np.concatenate([a.ravel() for a in tensors]), device=dev)
 
+  labels = torch.arange(classes, device=dev).repeat_interleave(ipc)
+  feat_dim = distill.feature_dim(net, (size, size, 3))
   shapes, start = torch_flat(traj[0, 0])
   _, target = torch_flat(traj[0, 2])
   sizes = [int(np.prod(s)) for s in shapes]
@@ -265,14 +283,30 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, 
     perm = torch.cat([torch.randperm(n, device=dev)[:chunks * batch_syn]
                       for _ in range(-(-n_steps // chunks))]).view(-1, batch_syn)
     params = [start.clone().requires_grad_(True)]
+    head = torch_dsa.random_head(torch, feat_dim, 128, dev) if clr else None
+    cons = []
     for i in range(n_steps):
       idx = perm[i]
-      out, _ = torch_io.torch_convnet(unflat(params[-1]), images[idx], depth=depth)
+      x = images[idx]
+      shared = clr and views == "shared"
+      x_ce = torch_dsa.dsa(torch, x, "multiple" if shared else dsa_mode)
+      out, feats = torch_io.torch_convnet(unflat(params[-1]), x_ce, depth=depth)
       ce = -(y[idx] * f.log_softmax(out, dim=1)).sum(1).mean()
+      if clr:
+        if shared:  # the CE view is the first contrastive view (Algorithm 1)
+          _, f2 = torch_io.torch_convnet(unflat(params[-1]), torch_dsa.dsa(
+              torch, x, "multiple"), depth=depth)
+          (w1, b1), (w2, b2) = head
+          z = f.linear(f.relu(f.linear(torch.cat([feats, f2]), w1, b1)), w2, b2)
+          cons.append(torch_dsa.supcon(torch, z[:len(idx)], z[len(idx):], labels[idx]))
+        else:
+          cons.append(torch_dsa.contrast(torch, torch_io.torch_convnet, unflat(params[-1]), x,
+                                         labels[idx], head, depth))
       g = torch.autograd.grad(ce, params[-1], create_graph=True)[0]
       params.append(params[-1] - syn_lr * g)
     l_tm = ((params[-1] - target) ** 2).sum() / ((start - target) ** 2).sum()
-    l_tm.backward()
+    loss = l_tm + 0.1 * torch.stack(cons).mean() if clr else l_tm
+    loss.backward()
     for o in opts:
       o.step()
     tb.sync()
@@ -320,26 +354,23 @@ def section_distill(a, tb):
   for spec in a.settings:
     name, classes, ipc, n_steps, batch_syn = setting(spec, a.quick)
     print(f"[distill] {name}: N={n_steps} batch_syn={batch_syn}", flush=True)
-    tt = tmem = None
-    for remat in a.remat:
-      net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                            full=False, unroll=a.unroll, remat=remat,
-                                            conv_impl=a.conv_impl)
-      c, t, mem = jax_distill_or_oom(step, args, a.repeats)
-      if tb and tt is None:  # PyTorch keeps every step's graph: it has no remat to vary.
-        tt, tmem = torch_distill_or_oom(tb, net, traj, classes, ipc, n_steps, batch_syn,
-                                        a.size, a.repeats)
-      rows.append([name, "matched", REMAT_MODES[remat][1], n_steps, batch_syn, fmt_compile(c),
-                   fmt_s(t), fmt_bytes(mem), fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
-      print("  ", rows[-1], flush=True)
-    if not a.skip_full:
-      _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                       full=True, unroll=a.unroll, remat=a.remat[0],
-                                       conv_impl=a.conv_impl)
-      c, t, mem = jax_distill_or_oom(step, args, a.repeats)
-      rows.append([name, "datm-clr (JAX only)", REMAT_MODES[a.remat[0]][1], n_steps,
-                   batch_syn, fmt_compile(c), fmt_s(t), fmt_bytes(mem), "-", "-", "-"])
-      print("  ", rows[-1], flush=True)
+    kinds = ["matched"] + ([] if a.skip_full else ["datm + dsa", "datm-clr"])
+    for kind in kinds:
+      tt = tmem = None
+      views = a.clr_views if kind == "datm-clr" else "extra"
+      for remat in a.remat:
+        net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width,
+                                              a.size, full=False, unroll=a.unroll,
+                                              remat=remat, conv_impl=a.conv_impl, kind=kind,
+                                              views=views)
+        c, t, mem = jax_distill_or_oom(step, args, a.repeats)
+        if tb and tt is None:  # PyTorch keeps every step's graph: it has no remat to vary.
+          tt, tmem = torch_distill_or_oom(tb, net, traj, classes, ipc, n_steps, batch_syn,
+                                          a.size, a.repeats, 3, kind, views)
+        label = kind + (f" ({views} views)" if kind == "datm-clr" else "")
+        rows.append([name, label, REMAT_MODES[remat][1], n_steps, batch_syn, fmt_compile(c),
+                     fmt_s(t), fmt_bytes(mem), fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
+        print("  ", rows[-1], flush=True)
   return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile", "JAX step",
                 "JAX peak (XLA)", "PyTorch step", "PyTorch peak", "PyTorch/JAX"], rows)
 
@@ -666,7 +697,10 @@ def main(argv=None):
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--size", type=int, default=32)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--skip_full", action="store_true", help="no JAX-only DATM-CLR rows")
+  p.add_argument("--skip_full", action="store_true",
+                 help="distill: only the matched rows (no DSA, no contrastive term)")
+  p.add_argument("--clr_views", default="extra", choices=["extra", "shared"],
+                 help="distill: the datm-clr rows' contrastive views (clr.views)")
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--quick", action="store_true", help="tiny shapes, for a smoke run")
   p.add_argument("--out", default="", help="also write the tables to this markdown file")

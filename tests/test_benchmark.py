@@ -37,3 +37,33 @@ def test_training_flops_per_image_matches_the_convolutions():
 ])
 def test_is_oom(message, expected):
   assert benchmark.is_oom(RuntimeError(message)) is expected
+
+
+def test_harness_supcon_matches_ours():
+  """The PyTorch SupCon of the harness's DATM-CLR row is the loss the JAX step uses."""
+  torch = pytest.importorskip("torch")
+  import numpy as np
+  import torch_dsa
+  from datm_clr_jax import losses
+  rng = np.random.default_rng(0)
+  z1, z2 = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(6, 5)).astype(np.float32)
+  labels = np.array([0, 1, 1, 2, 0, 3])
+  ours = float(losses.supcon_loss(jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(labels), 0.1))
+  theirs = float(torch_dsa.supcon(torch, torch.tensor(z1), torch.tensor(z2),
+                                  torch.tensor(labels), 0.1))
+  assert theirs == pytest.approx(ours, rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["single", "multiple"])
+def test_harness_dsa_keeps_shapes_and_pixel_gradients(mode):
+  torch = pytest.importorskip("torch")
+  import torch_dsa
+  for name in torch_dsa.FAMILIES:
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    y = torch_dsa.OPS[name](torch, x)
+    assert y.shape == x.shape, name
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all(), name
+  x = torch.randn(4, 3, 16, 16)
+  assert torch_dsa.dsa(torch, x, mode).shape == x.shape
+  assert torch.equal(torch_dsa.dsa(torch, x, "none"), x)
