@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # EXTRAS (default "test") names the optional extras; the test script adds data (tfds
-# preparation) and tensorboard, so CI tests both.
+# preparation), tensorboard and wandb, so CI tests them.
 .venv/bin/python -m pip install -q -e ".[${EXTRAS:-test}]"
 # WITH_TORCH=1 (the test script sets it) adds the optional torch extra, pinned to the CPU build
 # on disk here (a plain `torch` would pull a multi-GB CUDA build). Without torch the PyTorch

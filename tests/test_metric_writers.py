@@ -90,3 +90,19 @@ def test_wandb_is_checked_before_any_work_and_gets_the_scalars(tmp_path, monkeyp
   assert init_kwargs["project"] == "datm" and init_kwargs["resume"] == "allow"
   assert init_kwargs["config"]["logging"]["wandb_project"] == "datm"
   assert logged == {"distill/l_tm": 0.25, "distill/skipped": 0.0, "distill/step": 3}
+
+
+def test_a_real_wandb_run_offline_resumes_the_same_run(tmp_path, monkeypatch):
+  """The real library, offline: the run lives in the workdir under a stable id, so a
+  resumed workdir continues the same wandb run."""
+  pytest.importorskip("wandb")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  ids = []
+  for _ in range(2):
+    w = metric_writers.WandbWriter("datm-test", "", "run", {"a": 1}, tmp_path)
+    w.write(3, {"distill/l_tm": 0.25})
+    w.close()
+    ids.append(sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*")))
+  stable = metric_writers._wandb_id(tmp_path)  # pylint: disable=protected-access
+  assert all(name.endswith(stable) for name in ids[-1]) and ids[-1]
