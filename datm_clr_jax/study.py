@@ -445,6 +445,11 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
       experts_config = cell_config(plan, cell, root, experts_dir)
       pipeline.run(experts_config, str(root / "experts_run"), "experts")
       fingerprint = trajectories_fingerprint(experts_dir)
+      other = {r.get("experts_sha256") for r in done_cells.values()} - {fingerprint, None}
+      if other:
+        raise StudyError(f"the experts in {experts_dir} (sha256 {fingerprint[:12]}...) are not "
+                         f"the ones the finished cells matched ({sorted(other)}): restore "
+                         "them, or start the study over in a new folder")
     logging.info("study: cell %s (%d left): %s", cell.name, len(todo), " ".join(cell.overrides))
     workdir = root / cell.name
     config = cell_config(plan, cell, root, experts_dir)
