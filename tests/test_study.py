@@ -174,6 +174,16 @@ def test_a_study_runs_resumes_and_refuses_a_changed_plan(tmp_path, monkeypatch):
   study.run_study(path, root)
   assert calls == []  # nothing is missing: nothing runs
 
+  # Other experts than the finished cells matched: refused before any cell runs.
+  import shutil
+  shutil.rmtree(path.parent / "runs" / "B3_seed0")
+  b0 = path.parent / "runs" / "B0_seed0" / "cell.json"
+  b0.write_text(json.dumps({**json.loads(b0.read_text()), "experts_sha256": "other"}))
+  calls.clear()
+  with pytest.raises(study.StudyError, match="not the ones the finished cells matched"):
+    study.run_study(path, root)
+  assert "distill" not in calls
+
   plan = json.loads(path.read_text())
   plan["arms"]["B1"]["overrides"] = ["clr.alpha=0.2"]
   path.write_text(json.dumps(plan))
