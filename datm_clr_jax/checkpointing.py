@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from datm_clr_jax import distributed
+
 
 class _QuietOrbax(std_logging.Filter):
   """Orbax logs every save at INFO through absl; that drowns a run's progress lines."""
@@ -76,13 +78,13 @@ def _this_process_only() -> ocp.options.MultiprocessingOptions:
   """Every file here is written by one process for itself (experts are split between the
   processes of a distributed run, distillation runs alone), so orbax must not wait for the
   others: this process is its own primary host."""
-  me = jax.process_index()
+  me = distributed.index()
   return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
                                             barrier_sync_key_prefix=f"process{me}")
 
 
 def _checkpointer() -> ocp.StandardCheckpointer:
-  if jax.process_count() == 1:
+  if distributed.count() == 1:
     return ocp.StandardCheckpointer()
   return ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
 
@@ -115,7 +117,7 @@ class StepCheckpoints:
   def __init__(self, directory, keep: int = 2):
     self.directory = _abs(directory)
     extra = {"create": True}
-    if jax.process_count() > 1:  # orbax then leaves creating the folder to us
+    if distributed.count() > 1:  # orbax then leaves creating the folder to us
       self.directory.mkdir(parents=True, exist_ok=True)
       extra = {"create": False, "multiprocessing_options": _this_process_only()}
     self._manager = ocp.CheckpointManager(

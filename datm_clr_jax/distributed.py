@@ -25,22 +25,29 @@ import numpy as np
 from absl import logging
 
 
+_joined = False  # set by initialize(); until then this is the only process
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
   """Joins the distributed runtime (before any other JAX call); CPU collectives use gloo."""
+  global _joined  # pylint: disable=global-statement
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # ignored off the CPU
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
+  _joined = True
   logging.info("distributed: process %d of %d, %d local devices", jax.process_index(),
                jax.process_count(), jax.local_device_count())
 
 
 def index() -> int:
-  return jax.process_index()
+  """This process's index (0 unless initialize() joined a distributed run). Cheap: asking
+  JAX before it has a backend would start one (and log) during preflight checks."""
+  return jax.process_index() if _joined else 0
 
 
 def count() -> int:
-  return jax.process_count()
+  return jax.process_count() if _joined else 1
 
 
 def barrier(name: str) -> None:
