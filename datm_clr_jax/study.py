@@ -379,8 +379,7 @@ def machine() -> str:
   return platform.processor() or platform.machine()
 
 
-def code_commit() -> str | None:
-  """The git commit of the code that runs a cell (None outside a git checkout)."""
+def _git_head() -> str | None:
   import subprocess  # pylint: disable=import-outside-toplevel
   try:
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
@@ -388,6 +387,16 @@ def code_commit() -> str | None:
   except (OSError, subprocess.TimeoutExpired):
     return None
   return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# Read once, when the code is loaded: a commit made while a study runs must not be credited
+# with the cells that the already-loaded code goes on to run.
+_CODE_COMMIT = _git_head()
+
+
+def code_commit() -> str | None:
+  """The git commit checked out when this process loaded the code (None outside git)."""
+  return _CODE_COMMIT
 
 
 def cell_config(plan: dict, cell: Cell, root: Path, experts_dir: Path):

@@ -22,6 +22,9 @@ Sections (each prints a markdown table; --out also writes them to a file):
   memory   peak memory of the compiled DATM-CLR step (XLA's memory analysis) for N = 20/40/80,
            for each --memory_remat mode (default: with and without remat).
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
+  dsa      the DATM step with one DSA op family at every inner step (--dsa_setting; single
+           mode of a one-op strategy), beside no DSA and the full strategy in single and
+           multiple mode, calls in turns, JAX only: what each op costs a run.
   segments the DATM-CLR step matching k trajectory segments per iteration
            (distill.num_segments; --segments, --segment_loops map/vmap), JAX only:
            segments/s, against the first row.
@@ -203,8 +206,11 @@ KINDS = {"matched": ("none", False), "datm + dsa": ("single", False), "datm-clr"
 
 def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat="1",
                   unroll=1, conv_impl="auto", num_segments=1, segment_loop="map", kind=None,
-                  views="extra"):
-  """JAX network, jitted step, initial state and fake trajectories at one setting's shapes."""
+                  views="extra", strategy=None, dsa_mode=None):
+  """JAX network, jitted step, initial state and fake trajectories at one setting's shapes.
+
+  strategy / dsa_mode, when given, replace the kind's DSA (the dsa section's per-op rows).
+  """
   shape = (size, size, 3)
   net = make_network("convnet", classes, shape, width=width, conv_impl=conv_impl)
   n = classes * ipc
@@ -216,10 +222,13 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
   traj = np.stack([theta + 0.01 * k * rng.standard_normal((3, theta.size)).astype(np.float32)
                    for k in (1, 2)])
   traj[:, 0] = theta
-  dsa_mode, clr = KINDS[kind or ("datm-clr" if full else "matched")]
+  kind_mode, clr = KINDS[kind or ("datm-clr" if full else "matched")]
+  dsa_mode = dsa_mode or kind_mode
+  if strategy is None:
+    strategy = augment.DEFAULT_STRATEGY if dsa_mode != "none" else ""
   cfg = distill.StepConfig(
       num_inner_steps=n_steps, expert_epochs=2, min_start_epoch=0, batch_syn=batch_syn,
-      threshold=1e9, strategy=augment.DEFAULT_STRATEGY if dsa_mode != "none" else "",
+      threshold=1e9, strategy=strategy,
       dsa_mode=dsa_mode, clr_strategy="fusion" if clr else "none", views=views,
       unroll=unroll, num_segments=num_segments, segment_loop=segment_loop,
       **REMAT_MODES[remat][0])
@@ -406,6 +415,32 @@ def section_unroll(a, tb):
     rows.append([a.unroll_setting, u, fmt_compile(c), fmt_s(t), fmt_bytes(mem)])
     print("[unroll]", rows[-1], flush=True)
   return table(["setting", "scan unroll", "compile", "step", "peak (XLA)"], rows)
+
+
+def section_dsa(a, tb):
+  """What each DSA op adds to the DATM step: one op family at every inner step, in turns."""
+  del tb  # JAX only: the PyTorch DSA of the harness is timed in the distill section
+  name, classes, ipc, n_steps, batch_syn = setting(a.dsa_setting, a.quick)
+  ops = augment.parse_strategy(augment.DEFAULT_STRATEGY)
+  variants = ([("none", "none")] + [(op, "single") for op in ops]
+              + [(augment.DEFAULT_STRATEGY, "single"), (augment.DEFAULT_STRATEGY, "multiple")])
+  calls, compiles = [], []
+  for strategy, mode in variants:
+    _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                     full=False, remat=a.remat[0], conv_impl=a.conv_impl,
+                                     kind="datm + dsa", strategy=strategy if mode != "none" else "",
+                                     dsa_mode=mode)
+    t0 = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    compiles.append(time.perf_counter() - t0)
+    calls.append(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
+  times = median_times_interleaved(calls, a.repeats)
+  rows = [[name, strategy if mode != "none" else "(no DSA)", mode, n_steps, batch_syn,
+           fmt_compile(c), fmt_s(t), f"{(t - times[0]) / n_steps * 1e3:+.2f} ms",
+           f"{t / times[0]:.2f}x"]
+          for (strategy, mode), c, t in zip(variants, compiles, times)]
+  return table(["setting", "DSA strategy", "mode", "N", "batch_syn", "JAX compile", "JAX step",
+                "added per inner step", "vs no DSA"], rows)
 
 
 def section_segments(a, tb):
@@ -640,7 +675,7 @@ def section_test(a, tb):
 
 SECTIONS = {"distill": section_distill, "memory": section_memory, "unroll": section_unroll,
             "segments": section_segments, "experts": section_experts, "eval": section_eval,
-            "test": section_test}
+            "test": section_test, "dsa": section_dsa}
 
 
 def machine() -> str:
@@ -664,6 +699,7 @@ def main(argv=None):
   p.add_argument("--unrolls", type=ints, default=[1, 2, 4, 8])
   p.add_argument("--unroll", type=int, default=1, help="scan unroll of the other sections")
   p.add_argument("--segments_setting", default="c10_ipc1")
+  p.add_argument("--dsa_setting", default="r1", help="dsa section: the setting (use --width=32 for r1)")
   p.add_argument("--segments", type=ints, default=[1, 2, 4])
   p.add_argument("--segment_loops", type=csv, default=["map", "vmap"])
   p.add_argument("--remat", type=csv, default=["1"],
@@ -714,6 +750,7 @@ def main(argv=None):
     a.test_images = 100
     a.memory_settings, a.memory_steps, a.unrolls, a.expert_k = ["c10_ipc1"], [2, 4], [1, 2], [1, 2]
     a.segments = [1, 2]
+    a.dsa_setting = "c10_ipc1"
     a.settings = [s for s in a.settings if s.partition(":")[0] in QUICK]
   tb = None
   if not a.no_torch:

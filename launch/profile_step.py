@@ -2,6 +2,7 @@
 
   python launch/profile_step.py                       # c10_ipc1 shapes, N=5, matched step
   python launch/profile_step.py --setting=c10_ipc10:3 --full
+  python launch/profile_step.py --setting=r1 --width=32 --kind="datm + dsa"
   XLA_FLAGS=--xla_cpu_use_onednn=true python launch/profile_step.py   # try a flag
 
 Traces one call of the compiled step (benchmark.setup_distill's shapes and fake trajectories)
@@ -53,14 +54,20 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--setting", default="c10_ipc1:5", help="benchmark setting, NAME[:N]")
   p.add_argument("--width", type=int, default=128)
-  p.add_argument("--full", action="store_true", help="DATM-CLR step (DSA + contrastive)")
+  p.add_argument("--full", action="store_true", help="DATM-CLR step (same as --kind=datm-clr)")
+  p.add_argument("--kind", default=None, choices=list(benchmark.KINDS),
+                 help="step kind as the benchmark's rows name them (default: matched)")
+  p.add_argument("--views", default="extra", choices=["extra", "shared"],
+                 help="contrastive views of the datm-clr kind")
   p.add_argument("--conv_impl", default="auto")
   p.add_argument("--top", type=int, default=20)
   p.add_argument("--remat", default="1", choices=list(benchmark.REMAT_MODES))
   a = p.parse_args()
   name, classes, ipc, n_steps, batch_syn = benchmark.setting(a.setting, quick=False)
+  kind = a.kind or ("datm-clr" if a.full else "matched")
   _, step, args, _ = benchmark.setup_distill(classes, ipc, n_steps, batch_syn, a.width, 32,
-                                             full=a.full, conv_impl=a.conv_impl, remat=a.remat)
+                                             full=a.full, conv_impl=a.conv_impl, remat=a.remat,
+                                             kind=kind, views=a.views)
   compiled = step.lower(*args).compile()
   jax.block_until_ready(compiled(*args))
   with tempfile.TemporaryDirectory() as d:
@@ -72,7 +79,7 @@ def main():
     kinds = kernel_times(d)
   total = sum(kinds.values())
   print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} "
-        f"{'datm-clr' if a.full else 'matched'} step; backend {jax.default_backend()}")
+        f"{kind}{f' ({a.views} views)' if kind == 'datm-clr' else ''} step; backend {jax.default_backend()}")
   print(f"traced call {wall * 1e3:.1f} ms wall; kernels {total / 1e3:.1f} ms summed")
   print(f"{'kernel kind':32s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
   for kind, us in kinds.most_common(a.top):

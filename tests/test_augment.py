@@ -92,3 +92,58 @@ def test_separable_scale_equals_dense_affine():
   theta = jnp.stack([jnp.stack([s[:, 0], zeros, zeros], -1),
                      jnp.stack([zeros, s[:, 1], zeros], -1)], axis=1)
   np.testing.assert_allclose(augment.scale(x, key), augment.affine(x, theta), atol=1e-5)
+
+
+def _bilinear_reference(x, theta):
+  """grid_sample(affine_grid(theta), align_corners=True, zero padding), one pixel at a time."""
+  b, h, w, c = x.shape
+  out = np.zeros_like(x)
+  for i in range(b):
+    for r in range(h):
+      for q in range(w):
+        u, v = -1 + 2 * q / (w - 1), -1 + 2 * r / (h - 1)
+        su, sv = theta[i] @ np.array([u, v, 1.0])
+        px, py = (su + 1) * (w - 1) / 2, (sv + 1) * (h - 1) / 2
+        x0, y0 = int(np.floor(px)), int(np.floor(py))
+        for yy, xx in ((y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)):
+          if 0 <= yy < h and 0 <= xx < w:
+            out[i, r, q] += (1 - abs(py - yy)) * (1 - abs(px - xx)) * x[i, yy, xx]
+  return out
+
+
+def _random_affine(seed, b):
+  """Maps that move some source points outside the image, so zero padding is exercised."""
+  rng = np.random.default_rng(seed)
+  return (np.array([[1.0, 0, 0], [0, 1.0, 0]]) + 0.4 * rng.standard_normal((b, 2, 3)))
+
+
+def test_affine_matches_a_per_pixel_bilinear_reference():
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (3, 7, 6, 2)), np.float64)
+  theta = _random_affine(0, 3)
+  np.testing.assert_allclose(augment.affine(jnp.float32(x), jnp.float32(theta)),
+                             _bilinear_reference(x, theta), atol=1e-5)
+
+
+def test_affine_matches_torch_grid_sample():
+  torch = pytest.importorskip("torch")
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(6), (4, 9, 8, 3)), np.float32)
+  theta = _random_affine(1, 4).astype(np.float32)
+  xt = torch.tensor(x.transpose(0, 3, 1, 2))
+  grid = torch.nn.functional.affine_grid(torch.tensor(theta), list(xt.shape), align_corners=True)
+  ref = torch.nn.functional.grid_sample(xt, grid, align_corners=True).numpy()
+  np.testing.assert_allclose(augment.affine(x, theta), ref.transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_affine_gradient_is_the_transposed_sampling_matrix():
+  # The map is linear in the pixels, so its vjp must be the transpose of the matrix whose
+  # columns are the reference's responses to each one-pixel image.
+  b, h, w, c = 2, 5, 4, 1
+  theta = _random_affine(2, b)
+  basis = np.eye(h * w).reshape(h * w, 1, h, w, 1)
+  cols = [np.stack([_bilinear_reference(np.broadcast_to(e, (b, h, w, c)).copy(), theta)])
+          for e in basis]
+  matrix = np.concatenate(cols).reshape(h * w, b, h * w)  # [input pixel, batch, output pixel]
+  ct = np.asarray(jax.random.normal(jax.random.PRNGKey(8), (b, h, w, c)))
+  _, vjp = jax.vjp(lambda x: augment.affine(x, jnp.float32(theta)), jnp.zeros((b, h, w, c)))
+  expected = np.einsum("ibo,bo->bi", matrix, ct.reshape(b, h * w)).reshape(b, h, w, c)
+  np.testing.assert_allclose(vjp(jnp.float32(ct))[0], expected, atol=1e-5)
