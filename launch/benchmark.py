@@ -23,8 +23,8 @@ Sections (each prints a markdown table; --out also writes them to a file):
            for each --memory_remat mode (default: with and without remat).
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
   dsa      the DATM step with one DSA op family at every inner step (--dsa_setting; single
-           mode of a one-op strategy), beside no DSA and the full strategy in single and
-           multiple mode, calls in turns, JAX only: what each op costs a run.
+           mode of a one-op strategy), beside no DSA, the full strategy in single and
+           multiple mode, and rotation's former dense form; calls in turns, JAX only.
   segments the DATM-CLR step matching k trajectory segments per iteration
            (distill.num_segments; --segments, --segment_loops map/vmap), JAX only:
            segments/s, against the first row.
@@ -45,8 +45,9 @@ Sections (each prints a markdown table; --out also writes them to a file):
            --eval_loops, --eval_seeds) for each of --test_archs, against S sequential PyTorch
            ConvNet forward passes.
 
-Times are medians of --repeats calls after a warm-up call; "compile" is lowering plus XLA
-compilation of the jitted function. Ratios are PyTorch time / JAX time (> 1: JAX is faster).
+Times are medians of --repeats calls after a warm-up call (the distill section takes all of a
+setting's calls, both frameworks, in turns); "compile" is lowering plus XLA compilation of
+the jitted function. Ratios are PyTorch time / JAX time (> 1: JAX is faster).
 """
 
 from __future__ import annotations
@@ -95,11 +96,14 @@ def median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def median_times_interleaved(fns: list, repeats: int) -> list[float]:
+def median_times_interleaved(fns: list, repeats: int, between=None) -> list[float]:
   """median_time of each fn, the calls taken in turns (ABAB..., reversed every other round),
-  so a machine that slows down or speeds up during the run favours none of them."""
+  so a machine that slows down or speeds up during the run favours none of them. `between`,
+  if given, runs untimed after every call (e.g. handing PyTorch's cached memory back)."""
   for fn in fns:
     fn()
+    if between:
+      between()
   times = [[] for _ in fns]
   for r in range(repeats):
     order = list(range(len(fns)))[::1 if r % 2 == 0 else -1]
@@ -107,6 +111,8 @@ def median_times_interleaved(fns: list, repeats: int) -> list[float]:
       t0 = time.perf_counter()
       fns[i]()
       times[i].append(time.perf_counter() - t0)
+      if between:
+        between()
   return [statistics.median(t) for t in times]
 
 
@@ -240,17 +246,24 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
   return net, step, args, traj
 
 
-def jax_distill(step, args, repeats):
+def jax_distill_call(step, args):
+  """(compile seconds, the compiled step as a blocking call, XLA's peak) after one call."""
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  t = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
-  return compile_s, t, compiled_peak(compiled)
+  call = lambda: jax.block_until_ready(compiled(*args))
+  call()
+  return compile_s, call, compiled_peak(compiled)
 
 
-def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, repeats,
+def jax_distill(step, args, repeats):
+  compile_s, call, peak = jax_distill_call(step, args)
+  return compile_s, median_time(call, repeats), peak
+
+
+def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size,
                   depth=3, kind="matched", views="extra"):
-  """MTT/DATM's inner loop: flat params, create_graph=True, then backward to the syn set.
+  """MTT/DATM's outer step as a call: flat params, create_graph=True, backward to the syn set.
 
   kind (KINDS): "datm + dsa" augments each step's minibatch with DSA (single mode);
   "datm-clr" also adds alpha * mean_n L_contrast (launch/torch_dsa.py) to the outer loss.
@@ -320,9 +333,7 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size, 
       o.step()
     tb.sync()
 
-  tb.reset_peak()
-  t = median_time(one_step, repeats)
-  return t, tb.peak()
+  return one_step
 
 
 def jax_distill_or_oom(step, args, repeats):
@@ -337,18 +348,23 @@ def jax_distill_or_oom(step, args, repeats):
 
 
 def torch_distill_or_oom(tb: Torch, *args):
-  """torch_distill, or (OOM, peak reached) when PyTorch runs out of device memory (the
-  reference keeps all N steps' graphs, so large synthetic minibatches can exceed one GPU)."""
-  result = None
+  """(torch_distill's call, the peak of its first call), or (None, the peak reached) when
+  PyTorch runs out of device memory (the reference keeps all N steps' graphs, so large
+  synthetic minibatches can exceed one GPU)."""
+  one_step = None
+  tb.reset_peak()
   try:
-    result = torch_distill(tb, *args)
+    one_step = torch_distill(tb, *args)
+    one_step()
   except Exception as e:  # noqa: BLE001
     if not is_oom(e):
       raise
     print(f"   PyTorch step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
+    one_step = None
   # Outside the handler: the exception's traceback holds the step's tensors until then.
+  peak = tb.peak()
   tb.release()
-  return result or (OOM, tb.peak())
+  return one_step, peak
 
 
 def setting(spec: str, quick: bool):
@@ -359,27 +375,51 @@ def setting(spec: str, quick: bool):
 
 
 def section_distill(a, tb):
+  """Every step of a setting, both frameworks, timed in turns (median_times_interleaved): a
+  machine whose speed drifts during the run moves all of them alike, so the ratios hold."""
   rows = []
   for spec in a.settings:
     name, classes, ipc, n_steps, batch_syn = setting(spec, a.quick)
     print(f"[distill] {name}: N={n_steps} batch_syn={batch_syn}", flush=True)
     kinds = ["matched"] + ([] if a.skip_full else ["datm + dsa", "datm-clr"])
+    cells, calls = [], []
     for kind in kinds:
-      tt = tmem = None
       views = a.clr_views if kind == "datm-clr" else "extra"
+      torch_cell = None
       for remat in a.remat:
         net, step, args, traj = setup_distill(classes, ipc, n_steps, batch_syn, a.width,
                                               a.size, full=False, unroll=a.unroll,
                                               remat=remat, conv_impl=a.conv_impl, kind=kind,
                                               views=views)
-        c, t, mem = jax_distill_or_oom(step, args, a.repeats)
-        if tb and tt is None:  # PyTorch keeps every step's graph: it has no remat to vary.
-          tt, tmem = torch_distill_or_oom(tb, net, traj, classes, ipc, n_steps, batch_syn,
-                                          a.size, a.repeats, 3, kind, views)
+        try:
+          c, call, mem = jax_distill_call(step, args)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory becomes a table cell
+          if not is_oom(e):
+            raise
+          print(f"   JAX step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
+          c, call, mem = None, None, None
+        if tb and torch_cell is None:  # PyTorch keeps every step's graph: no remat to vary.
+          one_step, tmem = torch_distill_or_oom(tb, net, traj, classes, ipc, n_steps,
+                                                batch_syn, a.size, 3, kind, views)
+          torch_cell = {"call": one_step, "peak": tmem}
         label = kind + (f" ({views} views)" if kind == "datm-clr" else "")
-        rows.append([name, label, REMAT_MODES[remat][1], n_steps, batch_syn, fmt_compile(c),
-                     fmt_s(t), fmt_bytes(mem), fmt_s(tt), fmt_bytes(tmem), ratio(tt, t)])
-        print("  ", rows[-1], flush=True)
+        cells.append({"row": [name, label, REMAT_MODES[remat][1], n_steps, batch_syn,
+                              fmt_compile(c)], "jax": call, "mem": mem, "torch": torch_cell})
+    for cell in cells:
+      calls += [cell["jax"]] if cell["jax"] else []
+      t = cell["torch"]
+      if t and t["call"] and "timed" not in t:
+        t["timed"] = True
+        calls.append(t["call"])
+    times = dict(zip(map(id, calls), median_times_interleaved(
+        calls, a.repeats, between=tb.release if tb else None)))
+    for cell in cells:
+      t_jax = times[id(cell["jax"])] if cell["jax"] else OOM
+      t = cell["torch"]
+      t_torch = (times[id(t["call"])] if t["call"] else OOM) if t else None
+      rows.append(cell["row"] + [fmt_s(t_jax), fmt_bytes(cell["mem"]), fmt_s(t_torch),
+                                 fmt_bytes(t["peak"] if t else None), ratio(t_torch, t_jax)])
+      print("  ", rows[-1], flush=True)
   return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile", "JAX step",
                 "JAX peak (XLA)", "PyTorch step", "PyTorch peak", "PyTorch/JAX"], rows)
 
@@ -417,25 +457,51 @@ def section_unroll(a, tb):
   return table(["setting", "scan unroll", "compile", "step", "peak (XLA)"], rows)
 
 
+def rotate_dense(x, key):
+  """augment.rotate as it was before a9780b5: bilinear "tent" weights over every source pixel,
+  (B, HW, H) and (B, HW, W), contracted with the images by two einsums. The same values
+  (tests/test_augment.py checks the current form against a per-pixel reference); kept here
+  only as the dsa section's baseline row."""
+  b, h, w, _ = x.shape
+  ang = jax.random.uniform(key, (b,), x.dtype, -augment.ROTATE_DEG,
+                           augment.ROTATE_DEG) * (np.pi / 180)
+  cos, sin, zeros = jnp.cos(ang), jnp.sin(ang), jnp.zeros_like(ang)
+  theta = jnp.stack([jnp.stack([cos, sin, zeros], -1), jnp.stack([-sin, cos, zeros], -1)], 1)
+  v, u = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
+  grid = jnp.stack([u, v, jnp.ones_like(u)], axis=-1).reshape(h * w, 3).astype(x.dtype)
+  src = jnp.einsum("pk,bjk->bpj", grid, theta)
+  xs, ys = (src[..., 0] + 1) * (w - 1) / 2, (src[..., 1] + 1) * (h - 1) / 2
+  ky = jax.nn.relu(1 - jnp.abs(ys[..., None] - jnp.arange(h, dtype=x.dtype)))
+  kx = jax.nn.relu(1 - jnp.abs(xs[..., None] - jnp.arange(w, dtype=x.dtype)))
+  rows = jnp.einsum("bpa,bawc->bpwc", ky, x)
+  return jnp.einsum("bpw,bpwc->bpc", kx, rows).reshape(x.shape)
+
+
 def section_dsa(a, tb):
   """What each DSA op adds to the DATM step: one op family at every inner step, in turns."""
   del tb  # JAX only: the PyTorch DSA of the harness is timed in the distill section
   name, classes, ipc, n_steps, batch_syn = setting(a.dsa_setting, a.quick)
   ops = augment.parse_strategy(augment.DEFAULT_STRATEGY)
-  variants = ([("none", "none")] + [(op, "single") for op in ops]
+  variants = ([("none", "none")] + [(op, "single") for op in ops] + [("rotatedense", "single")]
               + [(augment.DEFAULT_STRATEGY, "single"), (augment.DEFAULT_STRATEGY, "multiple")])
   calls, compiles = [], []
-  for strategy, mode in variants:
-    _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
-                                     full=False, remat=a.remat[0], conv_impl=a.conv_impl,
-                                     kind="datm + dsa", strategy=strategy if mode != "none" else "",
-                                     dsa_mode=mode)
-    t0 = time.perf_counter()
-    compiled = step.lower(*args).compile()
-    compiles.append(time.perf_counter() - t0)
-    calls.append(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
+  augment.OPS["rotatedense"] = rotate_dense  # only while the steps are traced
+  try:
+    for strategy, mode in variants:
+      _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                       full=False, remat=a.remat[0], conv_impl=a.conv_impl,
+                                       kind="datm + dsa",
+                                       strategy=strategy if mode != "none" else "",
+                                       dsa_mode=mode)
+      t0 = time.perf_counter()
+      compiled = step.lower(*args).compile()
+      compiles.append(time.perf_counter() - t0)
+      calls.append(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
+  finally:
+    del augment.OPS["rotatedense"]
   times = median_times_interleaved(calls, a.repeats)
-  rows = [[name, strategy if mode != "none" else "(no DSA)", mode, n_steps, batch_syn,
+  shown = {"none": "(no DSA)", "rotatedense": "rotate, dense tent weights (before a9780b5)"}
+  rows = [[name, shown.get(strategy, strategy), mode, n_steps, batch_syn,
            fmt_compile(c), fmt_s(t), f"{(t - times[0]) / n_steps * 1e3:+.2f} ms",
            f"{t / times[0]:.2f}x"]
           for (strategy, mode), c, t in zip(variants, compiles, times)]

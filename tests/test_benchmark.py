@@ -67,3 +67,12 @@ def test_harness_dsa_keeps_shapes_and_pixel_gradients(mode):
   x = torch.randn(4, 3, 16, 16)
   assert torch_dsa.dsa(torch, x, mode).shape == x.shape
   assert torch.equal(torch_dsa.dsa(torch, x, "none"), x)
+
+
+def test_dense_rotate_baseline_equals_ours():
+  """The dsa section's "before" row computes what augment.rotate computes."""
+  from datm_clr_jax import augment
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 7, 2))
+  key = jax.random.PRNGKey(4)
+  import numpy as np
+  np.testing.assert_allclose(benchmark.rotate_dense(x, key), augment.rotate(x, key), atol=1e-5)
