@@ -256,11 +256,6 @@ def jax_distill_call(step, args):
   return compile_s, call, compiled_peak(compiled)
 
 
-def jax_distill(step, args, repeats):
-  compile_s, call, peak = jax_distill_call(step, args)
-  return compile_s, median_time(call, repeats), peak
-
-
 def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size,
                   depth=3, kind="matched", views="extra"):
   """MTT/DATM's outer step as a call: flat params, create_graph=True, backward to the syn set.
@@ -336,15 +331,21 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size,
   return one_step
 
 
-def jax_distill_or_oom(step, args, repeats):
-  """jax_distill, or (None, OOM, None) when the step does not fit."""
+def jax_distill_call_or_oom(step, args):
+  """jax_distill_call, or (None, None, None) when the step does not fit."""
   try:
-    return jax_distill(step, args, repeats)
+    return jax_distill_call(step, args)
   except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into a table cell
     if not is_oom(e):
       raise
     print(f"   JAX step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
-    return None, OOM, None
+    return None, None, None
+
+
+def jax_distill_or_oom(step, args, repeats):
+  """(compile seconds, median step time, XLA's peak), or (None, OOM, None) when it does not fit."""
+  compile_s, call, peak = jax_distill_call_or_oom(step, args)
+  return (compile_s, median_time(call, repeats), peak) if call else (None, OOM, None)
 
 
 def torch_distill_or_oom(tb: Torch, *args):
@@ -391,13 +392,7 @@ def section_distill(a, tb):
                                               a.size, full=False, unroll=a.unroll,
                                               remat=remat, conv_impl=a.conv_impl, kind=kind,
                                               views=views)
-        try:
-          c, call, mem = jax_distill_call(step, args)
-        except Exception as e:  # noqa: BLE001 - only out-of-memory becomes a table cell
-          if not is_oom(e):
-            raise
-          print(f"   JAX step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
-          c, call, mem = None, None, None
+        c, call, mem = jax_distill_call_or_oom(step, args)
         if tb and torch_cell is None:  # PyTorch keeps every step's graph: no remat to vary.
           one_step, tmem = torch_distill_or_oom(tb, net, traj, classes, ipc, n_steps,
                                                 batch_syn, a.size, 3, kind, views)
