@@ -383,7 +383,7 @@ def section_distill(a, tb):
     name, classes, ipc, n_steps, batch_syn = setting(spec, a.quick)
     print(f"[distill] {name}: N={n_steps} batch_syn={batch_syn}", flush=True)
     kinds = ["matched"] + ([] if a.skip_full else ["datm + dsa", "datm-clr"])
-    cells, calls = [], []
+    cells = []
     for kind in kinds:
       views = a.clr_views if kind == "datm-clr" else "extra"
       torch_cell = None
@@ -400,18 +400,15 @@ def section_distill(a, tb):
         label = kind + (f" ({views} views)" if kind == "datm-clr" else "")
         cells.append({"row": [name, label, REMAT_MODES[remat][1], n_steps, batch_syn,
                               fmt_compile(c)], "jax": call, "mem": mem, "torch": torch_cell})
+    # Each call once (a kind's PyTorch call serves all its remat rows), those that fit only.
+    calls = list(dict.fromkeys(c for cell in cells for c in (
+        cell["jax"], cell["torch"] and cell["torch"]["call"]) if c))
+    times = dict(zip(calls, median_times_interleaved(calls, a.repeats,
+                                                     between=tb.release if tb else None)))
     for cell in cells:
-      calls += [cell["jax"]] if cell["jax"] else []
+      t_jax = times[cell["jax"]] if cell["jax"] else OOM
       t = cell["torch"]
-      if t and t["call"] and "timed" not in t:
-        t["timed"] = True
-        calls.append(t["call"])
-    times = dict(zip(map(id, calls), median_times_interleaved(
-        calls, a.repeats, between=tb.release if tb else None)))
-    for cell in cells:
-      t_jax = times[id(cell["jax"])] if cell["jax"] else OOM
-      t = cell["torch"]
-      t_torch = (times[id(t["call"])] if t["call"] else OOM) if t else None
+      t_torch = (times[t["call"]] if t["call"] else OOM) if t else None
       rows.append(cell["row"] + [fmt_s(t_jax), fmt_bytes(cell["mem"]), fmt_s(t_torch),
                                  fmt_bytes(t["peak"] if t else None), ratio(t_torch, t_jax)])
       print("  ", rows[-1], flush=True)
