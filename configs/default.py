@@ -74,7 +74,7 @@ def get_config():
   config.distill.init = "samples_predicted_correctly"  # | real.
   config.distill.num_experts = 0  # Experts to match against; 0: all trained.
   config.distill.remat = True  # Recompute each inner step but its gradient: memory ~flat in N.
-  config.distill.remat_convs = False  # Also keep conv outputs: faster, memory grows with N.
+  config.distill.remat_convs = False  # Also keep conv outputs and DSA views: faster, memory ~N.
   config.distill.scan_unroll = 1  # lax.scan unroll factor of the inner loop.
   config.distill.num_segments = 1  # Trajectory segments matched per iteration (1: reference).
   config.distill.segment_loop = "auto"  # vmap | map (segments in turn) | auto: map on one device.

@@ -50,6 +50,7 @@ STATUS_NAMES = {ACCEPTED: "accepted", OVER_THRESHOLD: "over_threshold",
 
 
 HEADS = ("random", "fixed", "learned")
+DSA_VIEW = "dsa_view"  # checkpoint name of each augmented view (kept under remat_convs)
 VIEWS = ("extra", "shared")
 
 
@@ -107,7 +108,7 @@ class StepConfig:
   proj_dim: int = 128
   learn_labels: bool = True
   remat: bool = True
-  remat_convs: bool = False  # with remat, also keep the convolution outputs (memory ~N)
+  remat_convs: bool = False  # with remat, also keep conv outputs and DSA views (memory ~N)
   unroll: int = 1
   num_segments: int = 1  # trajectory segments matched per outer iteration, losses averaged
   segment_loop: str = "map"  # 'vmap' (segments at once) | 'map' (in turn); resolved
@@ -203,21 +204,24 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       b = feats.shape[0] // 2
       return losses.contrastive_loss(cfg.contrastive, z[:b], z[b:], cls, cfg.temperature)
 
+    def view(x, k, mode):
+      return checkpoint_name(augment.dsa(x, k, cfg.strategy, mode), DSA_VIEW)
+
     def student_losses(theta, x, y, cls, k):
       """(CE of the student's view, L_contrast) at student parameters theta."""
       # With shared views the CE view is the first contrastive view, drawn with DATM's key.
-      x_ce = augment.dsa(x, k, cfg.strategy, cfg.view_mode if shared else cfg.dsa_mode)
+      x_ce = view(x, k, cfg.view_mode if shared else cfg.dsa_mode)
       if not cfg.contrast_on:
         return losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y), jnp.zeros(
             (), theta.dtype)
       k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
-      x2 = augment.dsa(x, k2, cfg.strategy, cfg.view_mode)
+      x2 = view(x, k2, cfg.view_mode)
       if shared and cfg.through_student:
         # One forward of the first view serves the CE and the contrastive features.
         logits, f1 = network.apply_flat(theta, x_ce)
         f2 = network.apply_flat(theta, x2)[1]
         return losses.soft_cross_entropy(logits, y), contrast(jnp.concatenate([f1, f2]), cls)
-      x1 = x_ce if shared else augment.dsa(x, k1, cfg.strategy, cfg.view_mode)
+      x1 = x_ce if shared else view(x, k1, cfg.view_mode)
       theta_con = theta if cfg.through_student else jax.lax.stop_gradient(theta)
       _, feats = network.apply_flat(theta_con, jnp.concatenate([x1, x2]))
       ce = losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y)
@@ -245,9 +249,10 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
       # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
       # rest of the backward pass needs only activations and their gradients. remat_convs
-      # also keeps the convolutions' outputs and input gradients, sparing their recomputation
-      # for one step's activations (every image the step sees) held per step: memory ~N.
-      kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD)
+      # also keeps the convolutions' outputs and input gradients and the DSA views, sparing
+      # their recomputation (DSA's many small kernels cost more than their FLOPs say) for one
+      # step's activations (every image the step sees) held per step: memory ~N.
+      kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD, DSA_VIEW)
                                 if cfg.remat_convs else ())
       inner = jax.checkpoint(inner, policy=jax.checkpoint_policies.save_only_these_names(*kept))
     carry0 = (theta0, jnp.zeros_like(theta0)) if cfg.student_momentum else theta0

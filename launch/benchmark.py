@@ -19,6 +19,8 @@ Sections (each prints a markdown table; --out also writes them to a file):
            --remat=1,convs,0 times the JAX step with per-step rematerialisation, with remat
            that also keeps the convolution outputs (distill.remat_convs), and without remat
            (PyTorch keeps every step's graph: it never recomputes, and uses memory linear in N).
+           "GFLOP per inner step" is XLA's cost analysis of the compiled step, which counts
+           the scan body once: the rows' ratios are the ratios of the work each step does.
   memory   peak memory of the compiled DATM-CLR step (XLA's memory analysis) for N = 20/40/80,
            for each --memory_remat mode (default: with and without remat).
   unroll   the DATM-CLR step at one setting for several lax.scan unroll factors.
@@ -247,13 +249,15 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
 
 
 def jax_distill_call(step, args):
-  """(compile seconds, the compiled step as a blocking call, XLA's peak) after one call."""
+  """(compile seconds, the compiled step as a blocking call, XLA's peak, XLA's FLOP count)
+  after one call. XLA counts the scan body once whatever N: the count is one inner step's
+  forward and backward plus the step's non-loop work."""
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   call = lambda: jax.block_until_ready(compiled(*args))
   call()
-  return compile_s, call, compiled_peak(compiled)
+  return compile_s, call, compiled_peak(compiled), cost_flops(compiled)
 
 
 def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size,
@@ -332,19 +336,19 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size,
 
 
 def jax_distill_call_or_oom(step, args):
-  """jax_distill_call, or (None, None, None) when the step does not fit."""
+  """jax_distill_call, or (None, None, None, None) when the step does not fit."""
   try:
     return jax_distill_call(step, args)
   except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into a table cell
     if not is_oom(e):
       raise
     print(f"   JAX step out of memory: {str(e).splitlines()[0][:200]}", flush=True)
-    return None, None, None
+    return None, None, None, None
 
 
 def jax_distill_or_oom(step, args, repeats):
   """(compile seconds, median step time, XLA's peak), or (None, OOM, None) when it does not fit."""
-  compile_s, call, peak = jax_distill_call_or_oom(step, args)
+  compile_s, call, peak, _ = jax_distill_call_or_oom(step, args)
   return (compile_s, median_time(call, repeats), peak) if call else (None, OOM, None)
 
 
@@ -392,14 +396,15 @@ def section_distill(a, tb):
                                               a.size, full=False, unroll=a.unroll,
                                               remat=remat, conv_impl=a.conv_impl, kind=kind,
                                               views=views)
-        c, call, mem = jax_distill_call_or_oom(step, args)
+        c, call, mem, flops = jax_distill_call_or_oom(step, args)
         if tb and torch_cell is None:  # PyTorch keeps every step's graph: no remat to vary.
           one_step, tmem = torch_distill_or_oom(tb, net, traj, classes, ipc, n_steps,
                                                 batch_syn, a.size, 3, kind, views)
           torch_cell = {"call": one_step, "peak": tmem}
         label = kind + (f" ({views} views)" if kind == "datm-clr" else "")
         cells.append({"row": [name, label, REMAT_MODES[remat][1], n_steps, batch_syn,
-                              fmt_compile(c)], "jax": call, "mem": mem, "torch": torch_cell})
+                              fmt_compile(c), fmt_gflop(flops)], "jax": call, "mem": mem,
+                      "torch": torch_cell})
     # Each call once (a kind's PyTorch call serves all its remat rows), those that fit only.
     calls = list(dict.fromkeys(c for cell in cells for c in (
         cell["jax"], cell["torch"] and cell["torch"]["call"]) if c))
@@ -412,8 +417,9 @@ def section_distill(a, tb):
       rows.append(cell["row"] + [fmt_s(t_jax), fmt_bytes(cell["mem"]), fmt_s(t_torch),
                                  fmt_bytes(t["peak"] if t else None), ratio(t_torch, t_jax)])
       print("  ", rows[-1], flush=True)
-  return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile", "JAX step",
-                "JAX peak (XLA)", "PyTorch step", "PyTorch peak", "PyTorch/JAX"], rows)
+  return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile",
+                "GFLOP per inner step (XLA)", "JAX step", "JAX peak (XLA)", "PyTorch step",
+                "PyTorch peak", "PyTorch/JAX"], rows)
 
 
 def section_memory(a, tb):
@@ -577,6 +583,10 @@ def training_flops_per_image(arch: str, shape, width: int, batch: int) -> float 
 def fmt_rate(flops_per_s) -> str:
   """FLOP/s as GFLOP/s."""
   return "-" if flops_per_s is None else f"{flops_per_s / 1e9:,.1f}"
+
+
+def fmt_gflop(flops) -> str:
+  return "-" if flops is None else f"{flops / 1e9:,.2f}"
 
 
 def fmt_mflop(flops) -> str:

@@ -118,15 +118,20 @@ def test_scan_matches_python_loop(remat, unroll, strategy, extra):
   np.testing.assert_allclose(g1[1], g2[1], rtol=1e-4)
 
 
-@pytest.mark.parametrize("remat_convs,momentum", [(False, 0.0), (True, 0.0), (False, 0.5)])
-def test_remat_keeps_what_its_policy_names(remat_convs, momentum):
+@pytest.mark.parametrize("remat_convs,momentum,views", [
+    (False, 0.0, 0), (True, 0.0, 1), (False, 0.5, 0), (True, 0.0, 2), (False, 0.0, 2)])
+def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
   """The forward sweep stacks, per inner step: theta and the inner gradient (and the
   student's velocity, with momentum), and with remat_convs each convolution's output and
-  (layer 2) input gradient; nothing else, so memory stays flat in N apart from P-sized rows."""
+  (layer 2) input gradient and each DSA view; nothing else, so memory stays flat in N apart
+  from P-sized rows. views: DSA views per inner step (0: no remat_convs, 2: DATM-CLR with
+  shared views)."""
   n, b = 3, 2
+  clr = dict(clr_strategy="fusion", alpha=0.5, views="shared") if views == 2 else dict(
+      clr_strategy="none")
   net, cfg, feat, images, labels, theta0, target = _setup(
-      clr_strategy="none", remat=True, remat_convs=remat_convs, num_inner_steps=n, batch_syn=b,
-      depth=2, student_momentum=momentum)
+      remat=True, remat_convs=remat_convs, num_inner_steps=n, batch_syn=b, depth=2,
+      student_momentum=momentum, **clr)
   loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
   key = jax.random.PRNGKey(3)
   f = lambda im, r: loss_fn((im, labels, r, {}), theta0, target, key, key)[0]
@@ -135,9 +140,33 @@ def test_remat_keeps_what_its_policy_names(remat_convs, momentum):
   stacked = sorted(v.aval.shape for v in forward.outvars if v.aval.shape[:1] == (n,))
   p = theta0.size
   layer1, layer2 = (n, b, 8, 8, 4), (n, b, 4, 4, 4)  # conv outputs; layer 2's input is 4x4x4
-  expected = [(n,), (n, p), (n, p)] + ([layer2, layer2, layer1] if remat_convs else [])
+  view = (n, b, *SHAPE)
+  expected = [(n,), (n, p), (n, p)]
+  if remat_convs:
+    # The CE view's conv outputs and input gradient; the second view's outputs only (its
+    # contrastive gradient is taken in the outer backward pass, not inside the step).
+    expected += [layer2, layer2, layer1] + [layer2, layer1] * (views - 1) + [view] * views
   expected += [(n, p)] if momentum else []
-  assert stacked == sorted(expected)
+  assert stacked == sorted(expected), (stacked, sorted(expected))
+
+
+@pytest.mark.parametrize("views", ["shared", "extra"])
+def test_what_remat_keeps_does_not_change_the_gradient(views):
+  """DATM-CLR's loss and gradients with remat keeping the conv outputs and DSA views, with
+  remat keeping only the inner gradient, and without remat agree."""
+  grads = []
+  for remat, remat_convs in ((True, True), (True, False), (False, False)):
+    net, cfg, feat, images, labels, theta0, target = _setup(
+        clr_strategy="fusion", alpha=0.5, views=views, remat=remat, remat_convs=remat_convs,
+        num_inner_steps=3, batch_syn=2, depth=2)
+    loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+    key = jax.random.PRNGKey(5)
+    f = lambda im, r: loss_fn((im, labels, r, {}), theta0, target, key, key)[0]
+    grads.append(jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(images, jnp.asarray(0.05)))
+  for value, (g_im, g_lr) in grads[1:]:
+    np.testing.assert_allclose(value, grads[0][0], rtol=1e-6)
+    np.testing.assert_allclose(g_im, grads[0][1][0], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(g_lr, grads[0][1][1], rtol=1e-4)
 
 
 def test_fusion_leaves_the_datm_trajectory_untouched():
