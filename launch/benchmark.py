@@ -27,6 +27,9 @@ Sections (each prints a markdown table; --out also writes them to a file):
   dsa      the DATM step with one DSA op family at every inner step (--dsa_setting; single
            mode of a one-op strategy), beside no DSA, the full strategy in single and
            multiple mode, and rotation's former dense form; calls in turns, JAX only.
+  runs     K independent distillation runs in one compiled program (distill.make_parallel_step;
+           --runs=1,3,6 --runs_setting --runs_kinds), JAX only: time of the K-run step against
+           K steps of one run.
   segments the DATM-CLR step matching k trajectory segments per iteration
            (distill.num_segments; --segments, --segment_loops map/vmap), JAX only:
            segments/s, against the first row.
@@ -214,10 +217,12 @@ KINDS = {"matched": ("none", False), "datm + dsa": ("single", False), "datm-clr"
 
 def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat="1",
                   unroll=1, conv_impl="auto", num_segments=1, segment_loop="map", kind=None,
-                  views="extra", strategy=None, dsa_mode=None):
+                  views="extra", strategy=None, dsa_mode=None, runs=0):
   """JAX network, jitted step, initial state and fake trajectories at one setting's shapes.
 
   strategy / dsa_mode, when given, replace the kind's DSA (the dsa section's per-op rows).
+  runs > 0: that many independent runs in one program (distill.make_parallel_step), each
+  from its own initial images and key.
   """
   shape = (size, size, 3)
   net = make_network("convnet", classes, shape, width=width, conv_impl=conv_impl)
@@ -242,7 +247,14 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
       **REMAT_MODES[remat][0])
   opt = distill.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
   feat = distill.feature_dim(net, shape)
-  step = distill.make_distill_step(net, cfg, opt, np.repeat(np.arange(classes), ipc), feat)
+  syn_classes = np.repeat(np.arange(classes), ipc)
+  if runs:
+    step = distill.make_parallel_step(net, cfg, opt, syn_classes, feat)
+    state = distill.stack_states([distill.init_state(images + 0.01 * k, logits, 0.01, opt)
+                                  for k in range(runs)])
+    keys = jnp.stack([jax.random.PRNGKey(k) for k in range(runs)])
+    return net, step, (state, jnp.asarray(traj), jnp.asarray(1, jnp.int32), keys), traj
+  step = distill.make_distill_step(net, cfg, opt, syn_classes, feat)
   state = distill.init_state(images, logits, 0.01, opt)
   args = (state, jnp.asarray(traj), jnp.asarray(1, jnp.int32), jax.random.PRNGKey(0))
   return net, step, args, traj
@@ -507,6 +519,29 @@ def section_dsa(a, tb):
                 "added per inner step", "vs no DSA"], rows)
 
 
+def section_runs(a, tb):
+  """K independent distillation runs compiled into one program (distill.make_parallel_step)
+  against one run's step: on a latency-bound device K runs should cost far less than K steps."""
+  del tb
+  name, classes, ipc, n_steps, batch_syn = setting(a.runs_setting, a.quick)
+  rows, one = [], None
+  for kind in a.runs_kinds:
+    for k in a.runs:
+      _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
+                                       full=False, unroll=a.unroll, conv_impl=a.conv_impl,
+                                       remat=a.remat[0], kind=kind, views=a.clr_views,
+                                       runs=0 if k == 1 else k)
+      c, t, mem = jax_distill_or_oom(step, args, a.repeats)
+      one = t if k == 1 else one
+      timed = t not in (None, OOM)
+      rows.append([name, kind, k, fmt_compile(c), fmt_s(t), fmt_bytes(mem),
+                   f"{k / t:,.2f}" if timed else "-",
+                   f"{k * one / t:.2f}x" if timed and one not in (None, OOM) else "-"])
+      print("[runs]", rows[-1], flush=True)
+  return table(["setting", "step", "runs K", "compile", "step (all K)", "peak (XLA)",
+                "run-steps/s", "vs K single steps"], rows)
+
+
 def section_segments(a, tb):
   """The DATM-CLR step matching k trajectory segments per iteration (distill.num_segments)."""
   name, classes, ipc, n_steps, batch_syn = setting(a.segments_setting, a.quick)
@@ -743,7 +778,7 @@ def section_test(a, tb):
 
 SECTIONS = {"distill": section_distill, "memory": section_memory, "unroll": section_unroll,
             "segments": section_segments, "experts": section_experts, "eval": section_eval,
-            "test": section_test, "dsa": section_dsa}
+            "test": section_test, "dsa": section_dsa, "runs": section_runs}
 
 
 def machine() -> str:
@@ -769,6 +804,10 @@ def main(argv=None):
   p.add_argument("--segments_setting", default="c10_ipc1")
   p.add_argument("--dsa_setting", default="r1", help="dsa section: the setting (use --width=32 for r1)")
   p.add_argument("--segments", type=ints, default=[1, 2, 4])
+  p.add_argument("--runs_setting", default="c10_ipc1", help="runs section: the setting")
+  p.add_argument("--runs", type=ints, default=[1, 3, 6], help="runs section: K (1 first)")
+  p.add_argument("--runs_kinds", type=csv, default=["datm-clr"],
+                 help="runs section: step kinds (KINDS)")
   p.add_argument("--segment_loops", type=csv, default=["map", "vmap"])
   p.add_argument("--remat", type=csv, default=["1"],
                  help="distill section: remat modes, of " + ",".join(REMAT_MODES))

@@ -58,28 +58,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
 
-phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and seconds
-  local name=$1 limit=$2 t0 rc
-  shift 2
-  [ "$limit" -gt 0 ] || return 0
-  t0=$(date +%s)
-  echo "=== $name (limit ${limit}s) $(date -u +%T): $*" >> "$LOG"
-  timeout -s INT -k 15 "$limit" "$@" >> "$LOG" 2>&1
-  rc=$?
-  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/phases.txt" >> "$LOG"
-}
-
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
-    || echo "no nvidia-smi"; $PY -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
-  >> "$OUT/phases.txt" 2>&1
-if [ -z "${ALLOW_CPU:-}" ] && ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"
-then
-  echo "JAX sees no GPU: stopping (ALLOW_CPU=1 runs the phases anyway)" | tee -a "$OUT/phases.txt"
-  exit 1
-fi
-$PY -c "import datm_clr_jax.pipeline, flax, optax, orbax.checkpoint as ocp, ml_collections
-print('flax', flax.__version__, 'optax', optax.__version__)" >> "$OUT/phases.txt" 2>&1 || {
-  echo "the package does not import: stopping" | tee -a "$OUT/phases.txt"; exit 1; }
+source launch/gpu_lib.sh
+probe
 M="$PY -m datm_clr_jax"
 C10="--config=configs/cifar10_ipc1.py --workdir=$ROOT/c10_ipc1 $SRC --config.data.cache_dir=$ROOT/cache"
 

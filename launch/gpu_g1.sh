@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The device call a lent session makes first: protocol G1 (SPEC §10) for the contrastive
+# study's arms, then the performance issue's GPU rows, each phase under its own time limit.
+#   1. g1: the study runner on launch/results/g1/plan.json (configs/cifar10_g1.py: 10 experts
+#      of 6 epochs, width 128, N = 80, 1,000 iterations, seed 0; cells A0, then the arms
+#      under study, in the plan's order); each cell distills and evaluates (5 seeds), and
+#      its results.json, metrics.jsonl and cell.json land in launch/results/g1/runs/;
+#   2. runs: K = 1, 3, 6 independent distillation runs compiled into one program
+#      (benchmark.py --sections=runs, distill.make_parallel_step) at CIFAR-10 IPC 1.
+# Usage (the device has no registry and no ml_collections; the data and the wheel travel in
+# an ignored folder, as for launch/gpu_session.sh):
+#   here:  mkdir -p .gpu_carry && cp ../shared/data/cifar10-jpeg.zip .gpu_carry/ &&
+#          cp /opt/pypi/files/ml_collections-1.1.0-py3-none-any.whl .gpu_carry/ &&
+#          echo /.gpu_carry/ >> .git/info/exclude
+#   run (carry [".gpu_carry"], timeout 600):
+#          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
+#          export PYTHONPATH=/tmp/site; OUT=$OUT timeout 570 bash launch/gpu_g1.sh
+# Outputs: phases.txt, session.log, benchmark_gpu_runs.md and g1.tar (the plan folder's
+# runs/, summary.json and table.md, and each cell's config.json and syn_images.png).
+# A local smoke run: ALLOW_CPU=1 PLAN=<a plan with tiny overrides> bash launch/gpu_g1.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-checkpoints/gpu_out}
+PLAN=${PLAN:-launch/results/g1/plan.json}
+ROOT=${ROOT:-checkpoints/g1}
+T_G1=${T_G1:-420}
+T_RUNS=${T_RUNS:-110}
+RUNS_ARGS=${RUNS_ARGS:---runs_setting=c10_ipc1 --runs=1,3,6 --clr_views=shared --repeats=5}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$ROOT"
+LOG="$OUT/session.log"
+source launch/gpu_lib.sh
+probe
+
+phase g1 "$T_G1" $PY -m datm_clr_jax --mode=study --study="$PLAN" --workdir="$ROOT"
+phase runs "$T_RUNS" $PY launch/benchmark.py --sections=runs --runs_kinds="datm + dsa,datm-clr" \
+  $RUNS_ARGS --out "$OUT/benchmark_gpu_runs.md"
+
+RESULTS=$(dirname "$PLAN")
+KEEP=()
+for f in "$RESULTS"/runs "$RESULTS"/summary.json "$RESULTS"/table.md "$ROOT"/*/config.json \
+         "$ROOT"/*/syn_images.png; do
+  [ -e "$f" ] && KEEP+=("$f")
+done
+[ ${#KEEP[@]} -gt 0 ] && tar -cf "$OUT/g1.tar" "${KEEP[@]}" 2>> "$LOG"
+ls -la "$OUT" >> "$LOG"
+cat "$OUT/phases.txt"
