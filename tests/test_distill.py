@@ -150,15 +150,14 @@ def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
   assert stacked == sorted(expected), (stacked, sorted(expected))
 
 
-@pytest.mark.parametrize("views", ["shared", "extra"])
-def test_what_remat_keeps_does_not_change_the_gradient(views):
+def test_what_remat_keeps_does_not_change_the_gradient():
   """DATM-CLR's loss and gradients with remat keeping the conv outputs and DSA views, with
   remat keeping only the inner gradient, and without remat agree."""
   grads = []
   for remat, remat_convs in ((True, True), (True, False), (False, False)):
     net, cfg, feat, images, labels, theta0, target = _setup(
-        clr_strategy="fusion", alpha=0.5, views=views, remat=remat, remat_convs=remat_convs,
-        num_inner_steps=3, batch_syn=2, depth=2)
+        clr_strategy="fusion", alpha=0.5, views="shared", remat=remat,
+        remat_convs=remat_convs, num_inner_steps=2, batch_syn=2)
     loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
     key = jax.random.PRNGKey(5)
     f = lambda im, r: loss_fn((im, labels, r, {}), theta0, target, key, key)[0]
