@@ -15,6 +15,9 @@
 #   run (carry [".gpu_carry"], timeout 600):
 #          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
 #          export PYTHONPATH=/tmp/site; OUT=$OUT timeout 570 bash launch/gpu_g1.sh
+# Sizes: on the H200 of 2026-11-30 the DATM step took ~90 ms and the DATM-CLR step 161 ms, so
+# A0 and one arm fit T_G1 with their evaluations; a second arm may be cut by the limit (its
+# checkpoint is lost with the machine: the next lease runs it again).
 # Outputs: phases.txt, session.log, benchmark_gpu_runs.md and g1.tar (the plan folder's
 # runs/, summary.json and table.md, and each cell's config.json and syn_images.png).
 # A local smoke run: ALLOW_CPU=1 PLAN=<a plan with tiny overrides> bash launch/gpu_g1.sh
@@ -24,8 +27,8 @@ PY=${PY:-python3}
 OUT=${OUT:-checkpoints/gpu_out}
 PLAN=${PLAN:-launch/results/g1/plan.json}
 ROOT=${ROOT:-checkpoints/g1}
-T_G1=${T_G1:-420}
-T_RUNS=${T_RUNS:-110}
+T_G1=${T_G1:-450}
+T_RUNS=${T_RUNS:-90}
 RUNS_ARGS=${RUNS_ARGS:---runs_setting=c10_ipc1 --runs=1,3,6 --clr_views=shared --repeats=5}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
@@ -34,7 +37,7 @@ source launch/gpu_lib.sh
 probe
 
 phase g1 "$T_G1" $PY -m datm_clr_jax --mode=study --study="$PLAN" --workdir="$ROOT"
-phase runs "$T_RUNS" $PY launch/benchmark.py --sections=runs --runs_kinds="datm + dsa,datm-clr" \
+phase runs "$T_RUNS" $PY launch/benchmark.py --sections=runs --runs_kinds=datm-clr \
   $RUNS_ARGS --out "$OUT/benchmark_gpu_runs.md"
 
 RESULTS=$(dirname "$PLAN")
