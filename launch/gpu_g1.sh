@@ -15,9 +15,9 @@
 #   run (carry [".gpu_carry"], timeout 600):
 #          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
 #          export PYTHONPATH=/tmp/site; OUT=$OUT timeout 570 bash launch/gpu_g1.sh
-# Sizes: on the H200 of 2026-11-30 the DATM step took ~90 ms and the DATM-CLR step 161 ms, so
-# A0 and one arm fit T_G1 with their evaluations; a second arm may be cut by the limit (its
-# checkpoint is lost with the machine: the next lease runs it again).
+# Sizes: at the step times of launch/results/benchmark_gpu.md, A0 and one arm fit T_G1 with
+# their evaluations; a second arm may be cut by the limit (its checkpoint is lost with the
+# machine: the next lease runs it again).
 # Outputs: phases.txt, session.log, benchmark_gpu_runs.md and g1.tar (the plan folder's
 # runs/, summary.json and table.md, and each cell's config.json and syn_images.png).
 # A local smoke run: ALLOW_CPU=1 PLAN=<a plan with tiny overrides> bash launch/gpu_g1.sh
