@@ -3,12 +3,14 @@
   python launch/profile_step.py                       # c10_ipc1 shapes, N=5, matched step
   python launch/profile_step.py --setting=c10_ipc10:3 --full
   python launch/profile_step.py --setting=r1 --width=32 --kind="datm + dsa"
+  python launch/profile_step.py --setting=r1 --width=32 --kind=datm-clr --views=shared --by=line
   XLA_FLAGS=--xla_cpu_use_onednn=true python launch/profile_step.py   # try a flag
 
 Traces one call of the compiled step (benchmark.setup_distill's shapes and fake trajectories)
 with the JAX profiler and prints, per kernel kind (ynn_fusion = YNNPACK matmuls and reductions,
 *_fusion = XLA loop fusions, concatenate = im2col copies, ...), the total time, its share and
-the time per inner step. The XLA:CPU runtime runs independent kernels concurrently, so the sum
+the time per inner step; --by=line groups them instead by the line of datm_clr_jax each came
+from (the compiled module's stack frames). The XLA:CPU runtime runs independent kernels concurrently, so the sum
 can exceed the wall time; the wall time of the traced call is printed beside it.
 """
 
@@ -33,8 +35,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # pylint: disable=wrong-import-position
 
 
-def kernel_times(trace_dir: str) -> collections.Counter:
-  """Microseconds per kernel kind from the perfetto trace the profiler wrote."""
+def source_lines(hlo_text: str) -> dict[str, str]:
+  """{kernel name: 'file.py:line function'} from a compiled module's text: the innermost
+  frame in datm_clr_jax of the op each kernel (fusion) was made from, read off the module's
+  FileNames / FunctionNames / FileLocations / StackFrames tables."""
+  tables = {"FileNames": {}, "FunctionNames": {}, "FileLocations": {}, "StackFrames": {}}
+  table, kernels = None, {}
+  for line in hlo_text.splitlines():
+    if line in tables:
+      table = line
+      continue
+    if not line.strip():
+      table = None
+      continue
+    if table in ("FileNames", "FunctionNames") and (m := re.match(r'(\d+) "(.*)"', line)):
+      tables[table][int(m[1])] = m[2]
+    elif table == "FileLocations" and (m := re.match(
+        r"(\d+) \{file_name_id=(\d+) function_name_id=(\d+) line=(\d+)", line)):
+      tables[table][int(m[1])] = (int(m[2]), int(m[3]), int(m[4]))
+    elif table == "StackFrames" and (m := re.match(
+        r"(\d+) \{file_location_id=(\d+)(?: parent_frame_id=(\d+))?", line)):
+      tables[table][int(m[1])] = (int(m[2]), int(m[3]) if m[3] else None)
+    elif m := re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*stack_frame_id=(\d+)", line):
+      kernels[m[1]] = int(m[2])
+
+  def where(frame):
+    seen = set()
+    while frame in tables["StackFrames"] and frame not in seen:
+      seen.add(frame)
+      loc, parent = tables["StackFrames"][frame]
+      f, fn, ln = tables["FileLocations"][loc]
+      if "datm_clr_jax" in tables["FileNames"][f]:
+        return f"{Path(tables['FileNames'][f]).name}:{ln} {tables['FunctionNames'][fn]}"
+      frame = parent
+    return "(outside datm_clr_jax)"
+
+  return {name: where(frame) for name, frame in kernels.items()}
+
+
+def kernel_times(trace_dir: str, group=None) -> collections.Counter:
+  """Microseconds per kernel kind (or per group[kernel name]) from the profiler's trace."""
   path = sorted(Path(trace_dir).glob("**/*.json.gz"))[-1]
   trace = json.load(gzip.open(path))
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
@@ -46,7 +86,8 @@ def kernel_times(trace_dir: str) -> collections.Counter:
       continue
     if "PjRt" in name or "PjitFunction" in name:
       continue
-    kinds[re.sub(r"\.\d+$", "", name)] += e.get("dur", 0)
+    kind = re.sub(r"\.\d+$", "", name)
+    kinds[group.get(name, "(no source) " + kind) if group is not None else kind] += e.get("dur", 0)
   return kinds
 
 
@@ -62,6 +103,8 @@ def main():
   p.add_argument("--conv_impl", default="auto")
   p.add_argument("--top", type=int, default=20)
   p.add_argument("--remat", default="1", choices=list(benchmark.REMAT_MODES))
+  p.add_argument("--by", default="kind", choices=["kind", "line"],
+                 help="group kernels by kind, or by the package source line they came from")
   a = p.parse_args()
   name, classes, ipc, n_steps, batch_syn = benchmark.setting(a.setting, quick=False)
   kind = a.kind or ("datm-clr" if a.full else "matched")
@@ -76,14 +119,15 @@ def main():
     jax.block_until_ready(compiled(*args))
     wall = time.perf_counter() - t
     jax.profiler.stop_trace()
-    kinds = kernel_times(d)
+    kinds = kernel_times(d, source_lines(compiled.as_text()) if a.by == "line" else None)
   total = sum(kinds.values())
   print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} "
         f"{kind}{f' ({a.views} views)' if kind == 'datm-clr' else ''} step; backend {jax.default_backend()}")
   print(f"traced call {wall * 1e3:.1f} ms wall; kernels {total / 1e3:.1f} ms summed")
-  print(f"{'kernel kind':32s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
+  width = 32 if a.by == "kind" else 56
+  print(f"{'kernel ' + a.by:{width}s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
   for kind, us in kinds.most_common(a.top):
-    print(f"{kind[:32]:32s} {us / 1e3:9.1f} {us / total:6.1%} {us / 1e3 / n_steps:14.2f}")
+    print(f"{kind[:width]:{width}s} {us / 1e3:9.1f} {us / total:6.1%} {us / 1e3 / n_steps:14.2f}")
 
 
 if __name__ == "__main__":
