@@ -28,14 +28,16 @@ import benchmark  # pylint: disable=wrong-import-position
 
 
 def distill_flops(cfg, classes: int, size: int, views: str) -> float:
-  """FLOPs of one outer step at the config's shapes, its scan body counted N times."""
+  """FLOPs of one outer step at the config's shapes and remat, its scan body counted N times."""
   d = cfg.distill
   kind = "datm-clr" if cfg.clr.alpha else "datm + dsa"
+
+  remat = "convs" if d.remat and d.remat_convs else "1" if d.remat else "0"
 
   def count(n):
     _, step, args, _ = benchmark.setup_distill(classes, d.ipc, n, d.batch_syn or classes * d.ipc,
                                                cfg.model.width, size, full=False, kind=kind,
-                                               views=views)
+                                               views=views, remat=remat)
     return benchmark.cost_flops(step.lower(*args).compile())
 
   c2, c3 = count(2), count(3)
@@ -83,7 +85,7 @@ def main():
        per_image * expert_images, f"{a.expert_images_s:,.0f} images/s",
        expert_images / a.expert_images_s),
       ("distill", f"{d.iterations:,} iterations x N = {d.num_inner_steps} ({views} views)",
-       step * d.iterations, f"{a.step_s * 1e3:.1f} ms/iteration", step and d.iterations * a.step_s),
+       step * d.iterations, f"{a.step_s * 1e3:.1f} ms/iteration", d.iterations * a.step_s),
       ("evaluate", f"{cfg.eval.num_eval} seeds x {cfg.eval.epochs + 1} epochs",
        per_image * eval_images, "measured", a.eval_s),
   ]
