@@ -29,7 +29,7 @@ Sections (each prints a markdown table; --out also writes them to a file):
            multiple mode, and rotation's former dense form; calls in turns, JAX only.
   runs     K independent distillation runs in one compiled program (distill.make_parallel_step;
            --runs=1,3,6 --runs_setting --runs_kinds), JAX only: time of the K-run step against
-           K steps of one run.
+           K steps of one run, a kind's calls taken in turns.
   segments the DATM-CLR step matching k trajectory segments per iteration
            (distill.num_segments; --segments, --segment_loops map/vmap), JAX only:
            segments/s, against the first row.
@@ -521,22 +521,27 @@ def section_dsa(a, tb):
 
 def section_runs(a, tb):
   """K independent distillation runs compiled into one program (distill.make_parallel_step)
-  against one run's step: on a latency-bound device K runs should cost far less than K steps."""
+  against one run's step, all K of a kind timed in turns: on a latency-bound device K runs
+  should cost far less than K steps."""
   del tb
   name, classes, ipc, n_steps, batch_syn = setting(a.runs_setting, a.quick)
-  rows, one = [], None
+  rows = []
   for kind in a.runs_kinds:
+    cells = []
     for k in a.runs:
       _, step, args, _ = setup_distill(classes, ipc, n_steps, batch_syn, a.width, a.size,
                                        full=False, unroll=a.unroll, conv_impl=a.conv_impl,
                                        remat=a.remat[0], kind=kind, views=a.clr_views,
                                        runs=0 if k == 1 else k)
-      c, t, mem = jax_distill_or_oom(step, args, a.repeats)
-      one = t if k == 1 else one
-      timed = t not in (None, OOM)
+      cells.append((k, *jax_distill_call_or_oom(step, args)[:3]))
+    fit = [call for _, _, call, _ in cells if call]
+    times = dict(zip(fit, median_times_interleaved(fit, a.repeats)))
+    one = next((times[call] for k, _, call, _ in cells if k == 1 and call), None)
+    for k, c, call, mem in cells:
+      t = times[call] if call else OOM
       rows.append([name, kind, k, fmt_compile(c), fmt_s(t), fmt_bytes(mem),
-                   f"{k / t:,.2f}" if timed else "-",
-                   f"{k * one / t:.2f}x" if timed and one not in (None, OOM) else "-"])
+                   f"{k / t:,.2f}" if call else "-",
+                   f"{k * one / t:.2f}x" if call and one else "-"])
       print("[runs]", rows[-1], flush=True)
   return table(["setting", "step", "runs K", "compile", "step (all K)", "peak (XLA)",
                 "run-steps/s", "vs K single steps"], rows)
