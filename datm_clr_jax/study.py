@@ -340,6 +340,38 @@ def save_seed_curves(results_dir) -> list[Path]:
   return out
 
 
+def difference_intervals(summary: dict) -> dict[str, list[tuple[str, dict]]]:
+  """The paired differences of summary.json as intervals, mean +- 2 SE (the rule's bar):
+  {panel title: [(arm, {"dev seeds" | "held-out seeds": (mean, 2 SE)}), ...]}, a panel
+  against each arm's own control and one against the baseline, arms without that
+  comparison left out."""
+  base = summary["baseline"]
+  panels = {"against its own control (alpha 0)": [], f"against {base}": []}
+  for name, a in summary["arms"].items():
+    for title, key in zip(panels, ("vs_control", "vs_baseline")):
+      d = {label: (diff["mean"], 2 * diff["se"])
+           for label, diff in (("dev seeds", a.get(f"{key}_dev")),
+                               ("held-out seeds", a.get(f"{key}_heldout"))) if diff}
+      if d:
+        panels[title].append((f"{name} {a['desc']}"[:48], d))
+  return {t: rows for t, rows in panels.items() if rows}
+
+
+def save_differences(summary: dict, results_dir) -> Path | None:
+  """differences.png: difference_intervals drawn, one panel per comparison."""
+  from datm_clr_jax import visualize  # pylint: disable=import-outside-toplevel
+  panels = difference_intervals(summary)
+  if not panels:
+    return None
+  path = Path(results_dir) / "differences.png"
+  try:
+    visualize.save_intervals(panels, path, "paired difference, accuracy points (+- 2 SE)")
+  except Exception as e:  # noqa: BLE001 - a figure must never stop a study
+    logging.warning("study: %s not drawn (%s)", path, e)
+    return None
+  return path
+
+
 def _arm_order(name: str):
   digits = "".join(c for c in name if c.isdigit())
   return (name.rstrip("0123456789"), int(digits) if digits else 0)
@@ -351,6 +383,7 @@ def write_summary(plan: dict, results_dir) -> dict:
   checkpointing.write_json(results_dir / "summary.json", summary)
   checkpointing.write_text(results_dir / "table.md", format_table(summary))
   save_seed_curves(results_dir)
+  save_differences(summary, results_dir)
   return summary
 
 

@@ -169,3 +169,36 @@ def save_curves(runs: dict[str, list[dict]], path, phases=None) -> list[str]:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return [title for _, title, _, _ in panels]
+
+
+def save_intervals(panels: dict[str, list[tuple[str, dict]]], path, xlabel: str) -> None:
+  """Forest plot: one panel per title, one row per label, each series an interval.
+
+  panels: {title: [(row label, {series name: (centre, half width)}), ...]}; a half width of
+  nan draws the centre alone. Rows read top to bottom in the given order; a dashed line
+  marks zero.
+  """
+  fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=False,
+                           figsize=(4.6 * len(panels), 0.9 + 0.32 * max(
+                               (len(r) for r in panels.values()), default=1)))
+  series_names = list(dict.fromkeys(s for rows in panels.values() for _, d in rows for s in d))
+  offsets = np.linspace(-0.15, 0.15, len(series_names)) if len(series_names) > 1 else [0.0]
+  for ax, (title, rows) in zip(axes.flat, panels.items()):
+    for k, name in enumerate(series_names):
+      pts = [(i, *d[name]) for i, (_, d) in enumerate(rows) if name in d]
+      if not pts:
+        continue
+      ys, xs, hw = (np.array(v, dtype=float) for v in zip(*pts))
+      ax.errorbar(xs, -ys + offsets[k], xerr=np.where(np.isnan(hw), 0, hw), fmt="os"[k % 2],
+                  color=f"C{k}", ms=4, capsize=2, lw=1, label=name)
+    ax.axvline(0, color="gray", ls="--", lw=0.8)
+    ax.set_yticks(-np.arange(len(rows)), [label for label, _ in rows], fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6)
+  fig.tight_layout()
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -189,3 +189,26 @@ def test_a_study_runs_resumes_and_refuses_a_changed_plan(tmp_path, monkeypatch):
   path.write_text(json.dumps(plan))
   with pytest.raises(study.StudyError, match="B1_seed0 was run with overrides"):
     study.run_study(path, root)
+
+
+def test_difference_intervals_are_the_summary_differences_at_two_standard_errors(tmp_path):
+  plan = study.load_plan(_plan(tmp_path, heldout_seeds=[2, 3, 4]))
+  acc = {"B0": {"0": 30.0, "1": 31.0, "2": 30.0, "3": 31.0, "4": 29.0},
+         "B1": {"0": 31.0, "1": 33.0, "2": 31.0, "3": 32.0, "4": 30.5},
+         "B3": {"0": 20.0, "1": 20.0}, "B2": {"0": 30.0}}
+  s = study.summarize(plan, _cells(acc))
+  panels = study.difference_intervals(s)
+  ctrl, base = panels["against its own control (alpha 0)"], panels["against B0"]
+  dev = np.array([1.0, 2.0])  # B1 - B0 on seeds 0, 1
+  held = np.array([1.0, 1.0, 1.5])
+  b1 = dict(ctrl)["B1 fusion"]
+  assert math.isclose(b1["dev seeds"][0], dev.mean())
+  assert math.isclose(b1["dev seeds"][1], 2 * dev.std(ddof=1) / np.sqrt(2))
+  assert math.isclose(b1["held-out seeds"][1], 2 * held.std(ddof=1) / np.sqrt(3))
+  assert [label for label, _ in ctrl] == ["B1 fusion", "B2 better of B1/B3, fixed head",
+                                          "B3 shared views"]
+  b2 = dict(ctrl)["B2 better of B1/B3, fixed head"]["dev seeds"]
+  assert b2[0] == 0.0 and math.isnan(b2[1])  # one seed: a centre, no interval
+  assert "B0 DATM" not in dict(base) and "held-out seeds" not in dict(base)["B3 shared views"]
+  path = study.save_differences(s, tmp_path)
+  assert path.name == "differences.png" and path.stat().st_size > 0
