@@ -1,4 +1,4 @@
-"""CIFAR-10, IPC 1: DATM-CLR with DATM's values (SPEC §8), which are the defaults.
+"""CIFAR-10, IPC 1: DATM-CLR with DATM's values (SPEC §8) and the paper's reading, the defaults.
 
 Launch: bash launch/cifar10_ipc1.sh   (experts, distillation, evaluation)
 Paper (ConvNet, test accuracy %): DATM-CLR 53.0+-0.4 (DATM 46.9+-0.5).

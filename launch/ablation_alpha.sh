@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Paper Fig. 3a: Contrastive Fusion's weight alpha (alpha = 0 is DATM).
+# Paper Fig. 3a: Contrastive Fusion's weight alpha (alpha = 0: the same student and views, no
+# contrastive term; plain DATM is --config.clr.views=extra --config.distill.student_momentum=0).
 # Usage: bash launch/ablation_alpha.sh [SETTING] [overrides...]; experts from checkpoints/SETTING.
 # Results: checkpoints/SETTING/ablation_alpha/alpha_<a>/results.json
 set -euo pipefail

@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
+# The reading the committed R1 results ran with (before configs/default.py took the paper's
+# shared views and student momentum 0.5 from the contrastive study): DATM-CLR as first built.
+READING=(--config.clr.views=extra --config.distill.student_momentum=0.0)
 ROOT=checkpoints/cifar10_r1
 seed=${1:-0}
 for arch in vgg11 alexnet resnet18; do
@@ -16,7 +19,7 @@ for arch in vgg11 alexnet resnet18; do
     [ "$method" = datm ] && alpha=0.0 && random_real=True
     $PY -m datm_clr_jax --config=configs/cifar10_r1.py --workdir=$ROOT/${method}_seed$seed \
       --config.experts.dir=$ROOT/experts_run/experts --config.data.cache_dir=$ROOT/cache \
-      --config.seed=$seed --config.clr.alpha=$alpha --mode=evaluate \
+      --config.seed=$seed --config.clr.alpha=$alpha "${READING[@]}" --mode=evaluate \
       "--config.eval.archs=('$arch',)" --config.eval.random_real=$random_real
   done
 done

@@ -108,11 +108,11 @@ def test_bad_overrides_are_named(override, message):
 def test_overrides_keep_types_and_leave_the_base_alone():
   base = study.base_config({"config": "configs/quickstart.py"})
   c = study.apply_overrides(base, ["clr.alpha=0", "clr.through_student=False",
-                                   "clr.views=shared", "eval.archs=('convnet','vgg11')"])
+                                   "clr.views=extra", "eval.archs=('convnet','vgg11')"])
   assert c.clr.alpha == 0.0 and isinstance(c.clr.alpha, float)
-  assert c.clr.through_student is False and c.clr.views == "shared"
+  assert c.clr.through_student is False and c.clr.views == "extra"
   assert c.eval.archs == ("convnet", "vgg11")
-  assert base.clr.alpha == 0.1 and base.clr.views == "extra"
+  assert base.clr.alpha == 0.1 and base.clr.views == "shared"
 
 
 @pytest.mark.parametrize("arms,message", [
