@@ -12,6 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path) -> None:
+  fig.tight_layout()
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _show(ax, img: np.ndarray) -> None:
   if img.shape[-1] == 1:
     ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -38,10 +45,7 @@ def save_rows(rows: list[np.ndarray], row_names: list[str], col_names: list[str]
         ax.set_title(col_names[j], fontsize=7)
       if j == 0:
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-  fig.tight_layout()
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def save_grid(images: np.ndarray, ipc: int, class_names: list[str], path) -> None:
@@ -164,10 +168,7 @@ def save_curves(runs: dict[str, list[dict]], path, phases=None) -> list[str]:
     ax.tick_params(labelsize=7)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=6)
-  fig.tight_layout()
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return [title for _, title, _, _ in panels]
 
 
@@ -198,7 +199,4 @@ def save_intervals(panels: dict[str, list[tuple[str, dict]]], path, xlabel: str)
     ax.tick_params(axis="x", labelsize=7)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=6)
-  fig.tight_layout()
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
