@@ -125,8 +125,7 @@ def kernel_grad():
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016) written with XLA ops: 16 batched matmuls on 4x4
 # input tiles at stride 2 replace the 9 taps, 2.25x fewer multiplies. Kept here, not in
 # models.py: on XLA:CPU the tile transforms cost more than the multiplies they save
-# (launch/results/benchmark_cpu.md, "Winograd").
-_WG = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+# (launch/results/benchmark_cpu.md, "Width-128 convolutions").
 
 
 def _winograd_rows(a, axis: int, n: int) -> list:
