@@ -4,6 +4,7 @@
   python launch/profile_step.py --setting=c10_ipc10:3 --full
   python launch/profile_step.py --setting=r1 --width=32 --kind="datm + dsa"
   python launch/profile_step.py --setting=r1 --width=32 --kind=datm-clr --views=shared --by=line
+  python launch/profile_step.py --setting=c10_ipc1:10 --kind="datm + dsa" --remat=convs --by=op
   XLA_FLAGS=--xla_cpu_use_onednn=true python launch/profile_step.py   # try a flag
 
 Traces one call of the compiled step (benchmark.setup_distill's shapes and fake trajectories)
@@ -73,6 +74,35 @@ def source_lines(hlo_text: str) -> dict[str, str]:
   return {name: where(frame) for name, frame in kernels.items()}
 
 
+OPS = ("convolution", "dot", "reduce")
+
+
+def kernel_ops(hlo_text: str) -> dict[str, str]:
+  """{kernel name: 'op output-shape'}: each fusion's main op (a convolution, a dot or a
+  reduction if its fused computation holds one, else 'elementwise') and its result's shape."""
+  calls, shapes, own, ops, comp = {}, {}, {}, collections.defaultdict(set), None
+  for line in hlo_text.splitlines():
+    if not line.startswith(" "):
+      m = re.match(r"(?:ENTRY )?%?([\w.-]+) .*\{$", line)
+      comp = m[1] if m else None
+      continue
+    m = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = (\w+\[[^\]]*\])\S* ([\w-]+)\(", line)
+    if not m:
+      continue
+    name, shape, op = m.groups()
+    shapes[name], own[name] = shape, op
+    if comp:
+      ops[comp].add(op)
+    if op == "fusion" and (c := re.search(r"calls=%?([\w.-]+)", line)):
+      calls[name] = c[1]
+
+  def main(name):
+    held = ops[calls[name]] if name in calls else {own[name]}
+    return next((o for o in OPS if o in held), "elementwise")
+
+  return {name: f"{main(name)} {shape}" for name, shape in shapes.items()}
+
+
 def kernel_times(trace_dir: str, group=None) -> collections.Counter:
   """Microseconds per kernel kind (or per group[kernel name]) from the profiler's trace."""
   path = sorted(Path(trace_dir).glob("**/*.json.gz"))[-1]
@@ -103,8 +133,9 @@ def main():
   p.add_argument("--conv_impl", default="auto")
   p.add_argument("--top", type=int, default=20)
   p.add_argument("--remat", default="1", choices=list(benchmark.REMAT_MODES))
-  p.add_argument("--by", default="kind", choices=["kind", "line"],
-                 help="group kernels by kind, or by the package source line they came from")
+  p.add_argument("--by", default="kind", choices=["kind", "line", "op"],
+                 help="group kernels by kind, by the package source line they came from, or "
+                      "by their main op (convolution, dot, reduce, elementwise) and shape")
   a = p.parse_args()
   name, classes, ipc, n_steps, batch_syn = benchmark.setting(a.setting, quick=False)
   kind = a.kind or ("datm-clr" if a.full else "matched")
@@ -119,12 +150,13 @@ def main():
     jax.block_until_ready(compiled(*args))
     wall = time.perf_counter() - t
     jax.profiler.stop_trace()
-    kinds = kernel_times(d, source_lines(compiled.as_text()) if a.by == "line" else None)
+    group = {"kind": lambda _: None, "line": source_lines, "op": kernel_ops}[a.by]
+    kinds = kernel_times(d, group(compiled.as_text()))
   total = sum(kinds.values())
   print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} "
         f"{kind}{f' ({a.views} views)' if kind == 'datm-clr' else ''} step; backend {jax.default_backend()}")
   print(f"traced call {wall * 1e3:.1f} ms wall; kernels {total / 1e3:.1f} ms summed")
-  width = 32 if a.by == "kind" else 56
+  width = {"kind": 32, "line": 56, "op": 40}[a.by]
   print(f"{'kernel ' + a.by:{width}s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
   for kind, us in kinds.most_common(a.top):
     print(f"{kind[:width]:{width}s} {us / 1e3:9.1f} {us / total:6.1%} {us / 1e3 / n_steps:14.2f}")

@@ -76,3 +76,41 @@ def test_dense_rotate_baseline_equals_ours():
   key = jax.random.PRNGKey(4)
   import numpy as np
   np.testing.assert_allclose(benchmark.rotate_dense(x, key), augment.rotate(x, key), atol=1e-5)
+
+
+def test_ab_step_imports_a_revision_beside_the_worktree(tmp_path):
+  """ab_step's base package imports under its own name, every one of its modules from its own
+  copy, and benchmark builds from it only inside benchmark_using."""
+  import ab_step  # pylint: disable=import-outside-toplevel
+  ab_step.extract_package("HEAD", tmp_path)
+  sys.path.insert(0, str(tmp_path))
+  try:
+    with ab_step.benchmark_using(ab_step.BASE_NAME):
+      assert benchmark.distill.__name__ == f"{ab_step.BASE_NAME}.distill"
+      assert benchmark.distill.losses.__name__ == f"{ab_step.BASE_NAME}.losses"
+      assert benchmark.distill.__file__.startswith(str(tmp_path))
+    assert benchmark.distill.__name__ == "datm_clr_jax.distill"
+  finally:
+    sys.path.remove(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith(ab_step.BASE_NAME)]:
+      del sys.modules[name]
+
+
+def test_ab_step_says_which_revision_it_cannot_read(tmp_path):
+  import ab_step  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit, match="no-such-revision"):
+    ab_step.extract_package("no-such-revision", tmp_path)
+
+
+def test_profile_step_names_each_kernels_main_op():
+  import profile_step  # pylint: disable=import-outside-toplevel
+
+  def f(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sin(y).reshape(2, -1) @ w, jnp.mean(jnp.cos(y), axis=(1, 2))
+
+  args = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((6 * 6 * 4, 5))
+  text = jax.jit(f).lower(*args).compile().as_text()
+  found = set(profile_step.kernel_ops(text).values())
+  assert {"convolution f32[2,6,6,4]", "dot f32[2,5]", "reduce f32[2,4]"} <= found, found
