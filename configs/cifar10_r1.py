@@ -25,7 +25,7 @@ def get_config():
   config.distill.checkpoint_every = 50
   config.distill.log_every = 10
   config.clr.proj_hidden = 0  # Width-matched: hidden = feature width (512), then 128.
-  # Keeping the conv outputs and DSA views costs tens of MiB at this width and was faster for
+  # Keeping the conv outputs and DSA views costs little memory at this width and was faster for
   # every DSA step in both frameworks' comparison (launch/results/benchmark_cpu.md,
   # "The steps runs take, with XLA's FLOP count" and the section above it).
   config.distill.remat_convs = True
