@@ -11,8 +11,10 @@ Traces one call of the compiled step (benchmark.setup_distill's shapes and fake 
 with the JAX profiler and prints, per kernel kind (ynn_fusion = YNNPACK matmuls and reductions,
 *_fusion = XLA loop fusions, concatenate = im2col copies, ...), the total time, its share and
 the time per inner step; --by=line groups them instead by the line of datm_clr_jax each came
-from (the compiled module's stack frames). The XLA:CPU runtime runs independent kernels concurrently, so the sum
-can exceed the wall time; the wall time of the traced call is printed beside it.
+from (the compiled module's stack frames), --by=op by each kernel's main op (convolution, dot,
+reduce or elementwise) and result shape. The XLA:CPU runtime runs independent kernels
+concurrently, so the sum can exceed the wall time; the wall time of the traced call is printed
+beside it.
 """
 
 import argparse
