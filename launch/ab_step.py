@@ -86,7 +86,7 @@ def main(argv=None):
             classes, ipc, n_steps, batch_syn, a.width, 32, full=a.kind == "datm-clr",
             remat=a.remat, kind=a.kind, views=a.views)
         compile_s, call, peak, flops = benchmark.jax_distill_call(step, args)
-        m = jax.device_get(step(*args)[1])
+        m = jax.device_get(call()[1])  # the compiled call: step(*args) would compile again
       calls.append(call)
       lines.append(f"| {label} | {compile_s:.1f} s | {benchmark.fmt_gflop(flops)} | "
                    f"{benchmark.fmt_bytes(peak)} | {float(m['loss']):.8g} | "

@@ -1,5 +1,6 @@
 """The benchmark harness's own arithmetic: FLOP counts and out-of-memory cells."""
 
+import os
 import sys
 
 import jax
@@ -102,7 +103,10 @@ def test_ab_step_says_which_revision_it_cannot_read(tmp_path):
     ab_step.extract_package("no-such-revision", tmp_path)
 
 
-def test_profile_step_names_each_kernels_main_op():
+def test_profile_step_names_each_kernels_main_op(monkeypatch):
+  # Importing profile_step adds a tracing flag to XLA_FLAGS; the test's later subprocesses
+  # should not inherit it.
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
   import profile_step  # pylint: disable=import-outside-toplevel
 
   def f(x, k, w):
