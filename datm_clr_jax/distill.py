@@ -207,37 +207,62 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     def view(x, k, mode):
       return checkpoint_name(augment.dsa(x, k, cfg.strategy, mode), DSA_VIEW)
 
-    def student_losses(theta, x, y, cls, k):
+    # The (DSA mode, key) of each view an inner step sees, in the order student_losses reads
+    # them: the CE view; with the contrastive term the second view (shared: the CE view is the
+    # first, drawn with DATM's key), or two views beside the CE one (extra).
+    specs = [(cfg.view_mode if shared else cfg.dsa_mode, 0)]
+    if cfg.contrast_on:
+      specs += [(cfg.view_mode, 2)] if shared else [(cfg.view_mode, 1), (cfg.view_mode, 2)]
+    # The views depend on the images and keys only, never on theta. Where the step keeps them
+    # anyway (no remat, or remat_convs), the 'multiple'-mode ones are drawn before the scan, all
+    # N steps' at once (faster for DATM-CLR's two views; launch/results/benchmark_cpu.md). The
+    # 'single'-mode CE view stays in the step: batched, lax.switch would run every op family
+    # (slower, same file). Plain remat draws and recomputes every view inside the step, so
+    # memory stays flat in N.
+    views_first = not cfg.remat or cfg.remat_convs
+    early = [j for j, (mode, _) in enumerate(specs) if views_first and mode == "multiple"]
+    late = [j for j in range(len(specs)) if j not in early]
+
+    def draw_views(x, k, which):
+      """The views `which` (indices into specs) of one step's minibatch x (b,H,W,C)."""
+      k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
+      keys = (k, k1, k2)
+      return tuple(view(x, keys[specs[j][1]], specs[j][0]) for j in which)
+
+    def student_losses(theta, views, y, cls):
       """(CE of the student's view, L_contrast) at student parameters theta."""
-      # With shared views the CE view is the first contrastive view, drawn with DATM's key.
-      x_ce = view(x, k, cfg.view_mode if shared else cfg.dsa_mode)
+      x_ce = views[0]
       if not cfg.contrast_on:
         return losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y), jnp.zeros(
             (), theta.dtype)
-      k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
-      x2 = view(x, k2, cfg.view_mode)
+      x1, x2 = (x_ce, views[1]) if shared else views[1:]
       if shared and cfg.through_student:
         # One forward of the first view serves the CE and the contrastive features.
         logits, f1 = network.apply_flat(theta, x_ce)
         f2 = network.apply_flat(theta, x2)[1]
         return losses.soft_cross_entropy(logits, y), contrast(jnp.concatenate([f1, f2]), cls)
-      x1 = x_ce if shared else view(x, k1, cfg.view_mode)
       theta_con = theta if cfg.through_student else jax.lax.stop_gradient(theta)
       _, feats = network.apply_flat(theta_con, jnp.concatenate([x1, x2]))
       ce = losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y)
       return ce, contrast(feats, cls)
 
+    early_views = jax.vmap(lambda x, k: draw_views(x, k, early))(
+        sharding.constrain_batch(images[idx], mesh, axis=1), aug_keys) if early else ()
+
     def inner(carry, xs):
-      i, k = xs
       theta, velocity = carry if cfg.student_momentum else (carry, None)
-      x, y, cls = sharding.constrain_batch(images[i], mesh), probs[i], syn_classes[i]
+      i, k, pre = xs
+      drawn = dict(zip(early, (sharding.constrain_batch(v, mesh) for v in pre)))
+      drawn.update(zip(late, draw_views(sharding.constrain_batch(images[i], mesh), k, late)))
+      views = tuple(drawn[j] for j in range(len(specs)))
+      y, cls = probs[i], syn_classes[i]
       if cfg.contrast_on and cfg.clr_strategy == "update":
         def student_loss(th):
-          ce, con = student_losses(th, x, y, cls, k)
+          ce, con = student_losses(th, views, y, cls)
           return ce + cfg.lam * con, con
       else:
         # Fusion: the student descends the CE alone; L_contrast rides along as a value.
-        student_loss = lambda th: student_losses(th, x, y, cls, k)
+        student_loss = lambda th: student_losses(th, views, y, cls)
       g, con = jax.grad(student_loss, has_aux=True)(theta)
       g = checkpoint_name(g, "inner_grad")
       if cfg.student_momentum:
@@ -256,7 +281,7 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
                                 if cfg.remat_convs else ())
       inner = jax.checkpoint(inner, policy=jax.checkpoint_policies.save_only_these_names(*kept))
     carry0 = (theta0, jnp.zeros_like(theta0)) if cfg.student_momentum else theta0
-    carry_n, cons = jax.lax.scan(inner, carry0, (idx, aug_keys), unroll=cfg.unroll)
+    carry_n, cons = jax.lax.scan(inner, carry0, (idx, aug_keys, early_views), unroll=cfg.unroll)
     theta_n = carry_n[0] if cfg.student_momentum else carry_n
     l_tm = losses.trajectory_loss(theta_n, theta0, target)
     l_con = jnp.mean(cons)

@@ -92,8 +92,10 @@ def replicate(tree, mesh: Mesh | None):
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def constrain_batch(x: jax.Array, mesh: Mesh | None) -> jax.Array:
-  """Inside jit: asks XLA to keep a (B, ...) batch split along B (when B divides evenly)."""
-  if mesh is None or x.shape[0] % mesh.size:
+def constrain_batch(x: jax.Array, mesh: Mesh | None, axis: int = 0) -> jax.Array:
+  """Inside jit: asks XLA to keep a batch split along its batch axis (`axis`: 0 for (B, ...),
+  1 for the (N, B, ...) stack of every inner step's batch), when B divides evenly."""
+  if mesh is None or x.shape[axis] % mesh.size:
     return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(AXIS)))
+  spec = PartitionSpec(*([None] * axis), AXIS)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

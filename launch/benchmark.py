@@ -221,6 +221,8 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
   """JAX network, jitted step, initial state and fake trajectories at one setting's shapes.
 
   strategy / dsa_mode, when given, replace the kind's DSA (the dsa section's per-op rows).
+  views: the contrastive views of the datm-clr kind; the other kinds keep DATM's CE view
+  (shared views would draw it in view_mode, 'multiple').
   runs > 0: that many independent runs in one program (distill.make_parallel_step), each
   from its own initial images and key.
   """
@@ -242,7 +244,8 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
   cfg = distill.StepConfig(
       num_inner_steps=n_steps, expert_epochs=2, min_start_epoch=0, batch_syn=batch_syn,
       threshold=1e9, strategy=strategy,
-      dsa_mode=dsa_mode, clr_strategy="fusion" if clr else "none", views=views,
+      dsa_mode=dsa_mode, clr_strategy="fusion" if clr else "none",
+      views=views if clr else "extra",
       unroll=unroll, num_segments=num_segments, segment_loop=segment_loop,
       **REMAT_MODES[remat][0])
   opt = distill.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
@@ -263,7 +266,8 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
 def jax_distill_call(step, args):
   """(compile seconds, the compiled step as a blocking call, XLA's peak, XLA's FLOP count)
   after one call. XLA counts the scan body once whatever N: the count is one inner step's
-  forward and backward plus the step's non-loop work."""
+  forward and backward plus the step's non-loop work, which includes the 'multiple'-mode
+  views of all N steps where the step draws them before the scan (distill.make_outer_loss)."""
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t0

@@ -123,9 +123,10 @@ def test_scan_matches_python_loop(remat, unroll, strategy, extra):
 def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
   """The forward sweep stacks, per inner step: theta and the inner gradient (and the
   student's velocity, with momentum), and with remat_convs each convolution's output and
-  (layer 2) input gradient and each DSA view; nothing else, so memory stays flat in N apart
-  from P-sized rows. views: DSA views per inner step (0: no remat_convs, 2: DATM-CLR with
-  shared views)."""
+  (layer 2) input gradient and each 'single'-mode DSA view; nothing else, so memory stays flat
+  in N apart from P-sized rows. The 'multiple'-mode views (DATM-CLR's) are drawn for all N
+  steps before the scan and enter it as inputs. views: DSA views per inner step (0: no
+  remat_convs, 2: DATM-CLR with shared views, both 'multiple')."""
   n, b = 3, 2
   clr = dict(clr_strategy="fusion", alpha=0.5, views="shared") if views == 2 else dict(
       clr_strategy="none")
@@ -145,18 +146,23 @@ def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
   if remat_convs:
     # The CE view's conv outputs and input gradient; the second view's outputs only (its
     # contrastive gradient is taken in the outer backward pass, not inside the step).
-    expected += [layer2, layer2, layer1] + [layer2, layer1] * (views - 1) + [view] * views
+    expected += [layer2, layer2, layer1] + [layer2, layer1] * (views - 1)
+    expected += [view] if views == 1 else []
   expected += [(n, p)] if momentum else []
   assert stacked == sorted(expected), (stacked, sorted(expected))
+  inputs = [v.aval.shape for v in forward.invars].count(view)
+  assert inputs == (views if remat_convs and views == 2 else 0)
 
 
-def test_what_remat_keeps_does_not_change_the_gradient():
+@pytest.mark.parametrize("views", ["shared", "extra"])
+def test_what_remat_keeps_does_not_change_the_gradient(views):
   """DATM-CLR's loss and gradients with remat keeping the conv outputs and DSA views, with
-  remat keeping only the inner gradient, and without remat agree."""
+  remat keeping only the inner gradient, and without remat agree: the first and last draw
+  the 'multiple'-mode views before the scan, the second inside each step."""
   grads = []
   for remat, remat_convs in ((True, True), (True, False), (False, False)):
     net, cfg, feat, images, labels, theta0, target = _setup(
-        clr_strategy="fusion", alpha=0.5, views="shared", remat=remat,
+        clr_strategy="fusion", alpha=0.5, views=views, remat=remat,
         remat_convs=remat_convs, num_inner_steps=2, batch_syn=2)
     loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
     key = jax.random.PRNGKey(5)

@@ -44,9 +44,11 @@ accs = [evaluate.evaluate_synset(net, x[::10], probs, 0.01, x, y, seeds=[0, 1, 2
                                  mesh=m) for m in (None, mesh)]
 np.testing.assert_allclose(accs[1], accs[0], atol=1e-9)
 
-# Distillation: 8 synthetic images, minibatches of 4 split over the 4 devices.
+# Distillation: 8 synthetic images, minibatches of 4 split over the 4 devices. remat_convs:
+# the contrastive views are drawn for both inner steps before the scan, the CE view in each.
 step_cfg = distill.StepConfig(num_inner_steps=2, expert_epochs=1, min_start_epoch=0, batch_syn=4,
-                              threshold=10.0, proj_dim=6, strategy="color_crop_flip")
+                              threshold=10.0, proj_dim=6, strategy="color_crop_flip",
+                              remat_convs=True)
 opt = distill.OuterOptim(lr_img=10.0, lr_lr=1e-4, lr_y=1.0)
 feat = distill.feature_dim(net, shape)
 syn_classes = np.repeat(np.arange(classes), 2)
