@@ -263,13 +263,14 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
   return net, step, args, traj
 
 
-def jax_distill_call(step, args):
+def jax_distill_call(step, args, compiler_options=None):
   """(compile seconds, the compiled step as a blocking call, XLA's peak, XLA's FLOP count)
   after one call. XLA counts the scan body once whatever N: the count is one inner step's
   forward and backward plus the step's non-loop work, which includes the 'multiple'-mode
-  views of all N steps where the step draws them before the scan (distill.make_outer_loss)."""
+  views of all N steps where the step draws them before the scan (distill.make_outer_loss).
+  compiler_options: XLA options for this compilation only (e.g. xla_cpu_multi_thread_eigen)."""
   t0 = time.perf_counter()
-  compiled = step.lower(*args).compile()
+  compiled = step.lower(*args).compile(compiler_options=compiler_options)
   compile_s = time.perf_counter() - t0
   call = lambda: jax.block_until_ready(compiled(*args))
   call()

@@ -118,3 +118,15 @@ def test_profile_step_names_each_kernels_main_op(monkeypatch):
   text = jax.jit(f).lower(*args).compile().as_text()
   found = set(profile_step.kernel_ops(text).values())
   assert {"convolution f32[2,6,6,4]", "dot f32[2,5]", "reduce f32[2,4]"} <= found, found
+
+
+def test_ab_step_checks_its_xla_options_before_any_step():
+  import ab_step  # pylint: disable=import-outside-toplevel
+  assert ab_step.parse_options('{"xla_cpu_multi_thread_eigen": false}') == {
+      "xla_cpu_multi_thread_eigen": False}
+  with pytest.raises(SystemExit, match="not JSON"):
+    ab_step.parse_options("{xla_cpu_multi_thread_eigen: false}")
+  with pytest.raises(SystemExit, match="JSON object"):
+    ab_step.parse_options("[1]")
+  with pytest.raises(SystemExit, match="refused"):
+    ab_step.parse_options('{"xla_no_such_option": 1}')
