@@ -6,6 +6,7 @@
   python launch/profile_step.py --setting=r1 --width=32 --kind=datm-clr --views=shared --by=line
   python launch/profile_step.py --setting=c10_ipc1:10 --kind="datm + dsa" --remat=convs --by=op
   XLA_FLAGS=--xla_cpu_use_onednn=true python launch/profile_step.py   # try a flag
+  python launch/profile_step.py --setting=c10_ipc1:10 --kind="datm + dsa" --torch
 
 Traces one call of the compiled step (benchmark.setup_distill's shapes and fake trajectories)
 with the JAX profiler and prints, per kernel kind (ynn_fusion = YNNPACK matmuls and reductions,
@@ -15,6 +16,10 @@ from (the compiled module's stack frames), --by=op by each kernel's main op (con
 reduce or elementwise) and result shape. The XLA:CPU runtime runs independent kernels
 concurrently, so the sum can exceed the wall time; the wall time of the traced call is printed
 beside it.
+
+--torch profiles the benchmark's PyTorch rendering of the same step instead (torch.profiler,
+each aten op's own CPU time; PyTorch runs its ops one after another, parallel inside each, so
+the sum is close to the wall time), with the op families (TORCH_FAMILIES) summed below.
 """
 
 import argparse
@@ -123,6 +128,38 @@ def kernel_times(trace_dir: str, group=None) -> collections.Counter:
   return kinds
 
 
+# aten op name -> family: the first family with a matching prefix (after "aten::"); what
+# matches none is element-wise work.
+TORCH_FAMILIES = (("norm", ("native_group_norm", "native_batch_norm", "instance_norm")),
+                  ("convolution", ("conv", "mkldnn_conv", "_convolution")),
+                  ("dot", ("mm", "addmm", "bmm", "matmul", "linear")),
+                  ("reduce", ("sum", "mean", "var", "std", "linalg_vector_norm")))
+
+
+def torch_family(op: str) -> str:
+  """The family of an aten op name ("aten::mkldnn_convolution" -> "convolution")."""
+  name = op.split("::")[-1]
+  return next((family for family, prefixes in TORCH_FAMILIES if name.startswith(prefixes)),
+              "elementwise")
+
+
+def profile_torch(classes, ipc, n_steps, batch_syn, width, kind, views):
+  """(wall seconds of one traced step, {aten op: own CPU microseconds}) of the benchmark's
+  PyTorch step at these shapes."""
+  tb = benchmark.Torch()
+  net, _, _, traj = benchmark.setup_distill(classes, ipc, n_steps, batch_syn, width, 32,
+                                            full=False, kind=kind, views=views)
+  one_step = benchmark.torch_distill(tb, net, traj, classes, ipc, n_steps, batch_syn, 32, 3,
+                                     kind, views)
+  one_step()
+  with tb.torch.profiler.profile(activities=[tb.torch.profiler.ProfilerActivity.CPU]) as prof:
+    t = time.perf_counter()
+    one_step()
+    wall = time.perf_counter() - t
+  return wall, collections.Counter({e.key: e.self_cpu_time_total
+                                    for e in prof.key_averages() if e.self_cpu_time_total > 0})
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--setting", default="c10_ipc1:5", help="benchmark setting, NAME[:N]")
@@ -138,9 +175,24 @@ def main():
   p.add_argument("--by", default="kind", choices=["kind", "line", "op"],
                  help="group kernels by kind, by the package source line they came from, or "
                       "by their main op (convolution, dot, reduce, elementwise) and shape")
+  p.add_argument("--torch", action="store_true",
+                 help="profile the benchmark's PyTorch step instead, by aten op")
   a = p.parse_args()
   name, classes, ipc, n_steps, batch_syn = benchmark.setting(a.setting, quick=False)
   kind = a.kind or ("datm-clr" if a.full else "matched")
+  if a.torch:
+    wall, ops = profile_torch(classes, ipc, n_steps, batch_syn, a.width, kind, a.views)
+    total = sum(ops.values())
+    print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {kind} PyTorch step")
+    print(f"profiled call {wall * 1e3:.1f} ms wall; ops {total / 1e3:.1f} ms summed (own time)")
+    families = collections.Counter()
+    for op, us in ops.items():
+      families[torch_family(op)] += us
+    for rows in (ops.most_common(a.top), families.most_common()):
+      print(f"{'op':40s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
+      for op, us in rows:
+        print(f"{op[:40]:40s} {us / 1e3:9.1f} {us / total:6.1%} {us / 1e3 / n_steps:14.2f}")
+    return
   _, step, args, _ = benchmark.setup_distill(classes, ipc, n_steps, batch_syn, a.width, 32,
                                              full=a.full, conv_impl=a.conv_impl, remat=a.remat,
                                              kind=kind, views=a.views)

@@ -130,3 +130,16 @@ def test_ab_step_checks_its_xla_options_before_any_step():
     ab_step.parse_options("[1]")
   with pytest.raises(SystemExit, match="refused"):
     ab_step.parse_options('{"xla_no_such_option": 1}')
+
+
+def test_profile_step_sorts_aten_ops_into_families(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  import profile_step  # pylint: disable=import-outside-toplevel
+  families = {op: profile_step.torch_family("aten::" + op) for op in (
+      "mkldnn_convolution", "convolution_backward", "native_group_norm_backward", "addmm", "mm",
+      "sum", "mean", "mul", "threshold_backward", "avg_pool2d")}
+  assert families == {
+      "mkldnn_convolution": "convolution", "convolution_backward": "convolution",
+      "native_group_norm_backward": "norm", "addmm": "dot", "mm": "dot", "sum": "reduce",
+      "mean": "reduce", "mul": "elementwise", "threshold_backward": "elementwise",
+      "avg_pool2d": "elementwise"}
