@@ -160,6 +160,19 @@ def profile_torch(classes, ipc, n_steps, batch_syn, width, kind, views):
                                     for e in prof.key_averages() if e.self_cpu_time_total > 0})
 
 
+def print_torch_ops(wall: float, ops: collections.Counter, n_steps: int, top: int):
+  """The `top` aten ops by own time, then every family's total."""
+  total = sum(ops.values())
+  print(f"profiled call {wall * 1e3:.1f} ms wall; ops {total / 1e3:.1f} ms summed (own time)")
+  families = collections.Counter()
+  for op, us in ops.items():
+    families[torch_family(op)] += us
+  for rows in (ops.most_common(top), families.most_common()):
+    print(f"{'op':40s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
+    for op, us in rows:
+      print(f"{op[:40]:40s} {us / 1e3:9.1f} {us / total:6.1%} {us / 1e3 / n_steps:14.2f}")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--setting", default="c10_ipc1:5", help="benchmark setting, NAME[:N]")
@@ -182,16 +195,9 @@ def main():
   kind = a.kind or ("datm-clr" if a.full else "matched")
   if a.torch:
     wall, ops = profile_torch(classes, ipc, n_steps, batch_syn, a.width, kind, a.views)
-    total = sum(ops.values())
-    print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {kind} PyTorch step")
-    print(f"profiled call {wall * 1e3:.1f} ms wall; ops {total / 1e3:.1f} ms summed (own time)")
-    families = collections.Counter()
-    for op, us in ops.items():
-      families[torch_family(op)] += us
-    for rows in (ops.most_common(a.top), families.most_common()):
-      print(f"{'op':40s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
-      for op, us in rows:
-        print(f"{op[:40]:40s} {us / 1e3:9.1f} {us / total:6.1%} {us / 1e3 / n_steps:14.2f}")
+    print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {kind}"
+          f"{f' ({a.views} views)' if kind == 'datm-clr' else ''} PyTorch step")
+    print_torch_ops(wall, ops, n_steps, a.top)
     return
   _, step, args, _ = benchmark.setup_distill(classes, ipc, n_steps, batch_syn, a.width, 32,
                                              full=a.full, conv_impl=a.conv_impl, remat=a.remat,

@@ -1,5 +1,6 @@
 """TensorBoard and wandb mirrors of metrics.jsonl: the scalars they get, and how they get them."""
 
+import re
 import struct
 import sys
 import types
@@ -105,4 +106,6 @@ def test_a_real_wandb_run_offline_resumes_the_same_run(tmp_path, monkeypatch):
     w.close()
     ids.append(sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*")))
   stable = metric_writers._wandb_id(tmp_path)  # pylint: disable=protected-access
-  assert all(name.endswith(stable) for name in ids[-1]) and ids[-1]
+  # offline-run-<time>-<id>, and a "-1" suffix when both runs start in the same second.
+  run_dir = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{stable}(-\d+)?")
+  assert len(ids[-1]) == 2 and all(run_dir.fullmatch(name) for name in ids[-1]), (ids, stable)
