@@ -41,7 +41,7 @@ from absl import logging
 from jax.ad_checkpoint import checkpoint_name
 
 from datm_clr_jax import augment, checkpointing, losses, sharding
-from datm_clr_jax.models import CONV_INPUT_GRAD, CONV_OUTPUT, Network, ProjectionHead
+from datm_clr_jax.models import CONV_INPUT_GRAD, CONV_OUTPUT, HEAD_HIDDEN, Network, ProjectionHead
 
 # Status codes returned by the step for each iteration.
 ACCEPTED, OVER_THRESHOLD, NON_FINITE, BAD_LR = 0, 1, 2, 3
@@ -108,7 +108,7 @@ class StepConfig:
   proj_dim: int = 128
   learn_labels: bool = True
   remat: bool = True
-  remat_convs: bool = False  # with remat, also keep conv outputs and DSA views (memory ~N)
+  remat_convs: bool = False  # with remat, also keep conv outputs, DSA views, head hidden (~N)
   unroll: int = 1
   num_segments: int = 1  # trajectory segments matched per outer iteration, losses averaged
   segment_loop: str = "map"  # 'vmap' (segments at once) | 'map' (in turn); resolved
@@ -274,10 +274,11 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
       # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
       # rest of the backward pass needs only activations and their gradients. remat_convs
-      # also keeps the convolutions' outputs and input gradients and the DSA views, sparing
-      # their recomputation (DSA's many small kernels cost more than their FLOPs say) for one
-      # step's activations (every image the step sees) held per step: memory ~N.
-      kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD, DSA_VIEW)
+      # also keeps the convolutions' outputs and input gradients, the DSA views and the
+      # contrastive head's hidden layer, sparing their recomputation (DSA's many small kernels
+      # cost more than their FLOPs say; the head's (2b, F) x (F, F) matmul would run twice)
+      # for one step's activations (every image the step sees) held per step: memory ~N.
+      kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD, DSA_VIEW, HEAD_HIDDEN)
                                 if cfg.remat_convs else ())
       inner = jax.checkpoint(inner, policy=jax.checkpoint_policies.save_only_these_names(*kept))
     carry0 = (theta0, jnp.zeros_like(theta0)) if cfg.student_momentum else theta0

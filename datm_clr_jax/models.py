@@ -28,11 +28,13 @@ from jax.flatten_util import ravel_pytree
 
 NORMS = ("instance", "batch", "none")
 
-# Names (jax.ad_checkpoint.checkpoint_name) of the convolution outputs and, under the hybrid
-# convolution, of the input gradients the student's backward pass computes: a remat policy
-# may keep them (distill.StepConfig.remat_convs) instead of recomputing the convolutions.
+# Names (jax.ad_checkpoint.checkpoint_name) of the convolution outputs, under the hybrid
+# convolution of the input gradients the student's backward pass computes, and of the
+# projection head's hidden pre-activation: a remat policy may keep them
+# (distill.StepConfig.remat_convs) instead of recomputing the convolutions and the head.
 CONV_OUTPUT = "conv_output"
 CONV_INPUT_GRAD = "conv_input_grad"
+HEAD_HIDDEN = "head_hidden"
 
 
 def _torch_uniform(fan_in_axes: tuple[int, ...]) -> Callable:
@@ -526,4 +528,7 @@ class ProjectionHead(nn.Module):
 
   @nn.compact
   def __call__(self, f):
-    return TorchDense(self.out_dim)(nn.relu(TorchDense(self.hidden)(f)))
+    # The output layer is built first, so it is TorchDense_0 and the hidden one TorchDense_1:
+    # the parameter names (and the random heads drawn from them) of earlier runs.
+    out = TorchDense(self.out_dim)
+    return out(nn.relu(checkpoint_name(TorchDense(self.hidden)(f), HEAD_HIDDEN)))

@@ -123,10 +123,11 @@ def test_scan_matches_python_loop(remat, unroll, strategy, extra):
 def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
   """The forward sweep stacks, per inner step: theta and the inner gradient (and the
   student's velocity, with momentum), and with remat_convs each convolution's output and
-  (layer 2) input gradient and each 'single'-mode DSA view; nothing else, so memory stays flat
-  in N apart from P-sized rows. The 'multiple'-mode views (DATM-CLR's) are drawn for all N
-  steps before the scan and enter it as inputs. views: DSA views per inner step (0: no
-  remat_convs, 2: DATM-CLR with shared views, both 'multiple')."""
+  (layer 2) input gradient, each 'single'-mode DSA view and the projection head's hidden
+  pre-activation (DATM-CLR); nothing else, so memory stays flat in N apart from P-sized rows.
+  The 'multiple'-mode views (DATM-CLR's) are drawn for all N steps before the scan and enter
+  it as inputs. views: DSA views per inner step (0: no remat_convs, 2: DATM-CLR with shared
+  views, both 'multiple')."""
   n, b = 3, 2
   clr = dict(clr_strategy="fusion", alpha=0.5, views="shared") if views == 2 else dict(
       clr_strategy="none")
@@ -148,6 +149,8 @@ def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
     # contrastive gradient is taken in the outer backward pass, not inside the step).
     expected += [layer2, layer2, layer1] + [layer2, layer1] * (views - 1)
     expected += [view] if views == 1 else []
+    # Both views' rows of the head's hidden layer (its width is the feature width here).
+    expected += [(n, 2 * b, feat)] if views == 2 else []
   expected += [(n, p)] if momentum else []
   assert stacked == sorted(expected), (stacked, sorted(expected))
   inputs = [v.aval.shape for v in forward.invars].count(view)
@@ -445,6 +448,17 @@ def test_contrast_at_fixed_student_matches_a_direct_reference(views):
   v_through, g_through = l_con(dataclasses.replace(cfg, through_student=True))
   np.testing.assert_allclose(v_through, v, rtol=1e-5)
   assert not np.allclose(g_through, g, rtol=1e-3, atol=1e-6)
+
+
+def test_head_parameter_names_are_those_of_earlier_runs():
+  """Checkpointed 'fixed' and 'learned' heads and the random heads drawn per iteration are
+  keyed by these names: TorchDense_0 is the output layer, TorchDense_1 the hidden one."""
+  _, cfg, *_ = _setup(proj_hidden=5, proj_dim=3)
+  head = distill.make_head(cfg, 7)
+  params = distill.init_head_params(head, jax.random.PRNGKey(0), 7)
+  shapes = jax.tree_util.tree_map(jnp.shape, params)
+  assert shapes == {"TorchDense_0": {"kernel": (5, 3), "bias": (3,)},
+                    "TorchDense_1": {"kernel": (7, 5), "bias": (5,)}}, shapes
 
 
 def test_fixed_head_is_the_run_s_own_and_never_learned():
