@@ -38,7 +38,9 @@ def color(x: jax.Array, key: jax.Array) -> jax.Array:
   kb, ks, kc = jax.random.split(key, 3)
   b = x.shape[0]
   x = x + (_uniform(kb, b, dtype=x.dtype) - 0.5) * BRIGHTNESS
-  m = jnp.mean(x, axis=-1, keepdims=True)
+  # The channel mean as a sum of channel slices: XLA:CPU reduces a minor axis of 3 slowly
+  # (launch/results/benchmark_cpu.md, "The step's remaining recomputation").
+  m = sum(x[..., i:i + 1] for i in range(x.shape[-1])) / x.shape[-1]
   x = (x - m) * (_uniform(ks, b, dtype=x.dtype) * SATURATION) + m
   m = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
   return (x - m) * (_uniform(kc, b, dtype=x.dtype) + CONTRAST) + m

@@ -62,6 +62,19 @@ def test_identity_affine_is_exact():
   np.testing.assert_allclose(augment.affine(X, theta), X, atol=1e-6)
 
 
+def test_color_matches_a_numpy_reference():
+  """Brightness, saturation (about the per-pixel channel mean), contrast (about the image
+  mean), with the op's own per-sample draws."""
+  key = jax.random.PRNGKey(6)
+  kb, ks, kc = (np.asarray(augment._uniform(k, 4)) for k in jax.random.split(key, 3))
+  x = np.asarray(X, np.float64) + (kb - 0.5) * augment.BRIGHTNESS
+  m = x.mean(axis=-1, keepdims=True)
+  x = (x - m) * (ks * augment.SATURATION) + m
+  m = x.mean(axis=(1, 2, 3), keepdims=True)
+  ref = (x - m) * (kc + augment.CONTRAST) + m
+  np.testing.assert_allclose(augment.color(X, key), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_cutout_zeroes_a_square():
   out = augment.cutout(jnp.ones((3, 8, 8, 1)), jax.random.PRNGKey(2))
   zeros = np.asarray(out[..., 0] == 0).sum(axis=(1, 2))
