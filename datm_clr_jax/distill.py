@@ -197,6 +197,7 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     aug_keys = jax.random.split(k_aug, cfg.num_inner_steps)
     probs = jax.nn.softmax(label_logits, axis=-1)
     shared = cfg.views == "shared"
+    update = cfg.contrast_on and cfg.clr_strategy == "update"
 
     def contrast(feats, cls):
       """L_contrast of (2b, F) features: the first b one view, the last b the other."""
@@ -229,8 +230,9 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       keys = (k, k1, k2)
       return tuple(view(x, keys[specs[j][1]], specs[j][0]) for j in which)
 
-    def student_losses(theta, views, y, cls):
-      """(CE of the student's view, L_contrast) at student parameters theta."""
+    def student_losses(theta, views, y):
+      """(CE of the student's view, the contrastive views' features (2b, F)) at student
+      parameters theta; without the contrastive term the features are a placeholder 0."""
       x_ce = views[0]
       if not cfg.contrast_on:
         return losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y), jnp.zeros(
@@ -240,11 +242,11 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
         # One forward of the first view serves the CE and the contrastive features.
         logits, f1 = network.apply_flat(theta, x_ce)
         f2 = network.apply_flat(theta, x2)[1]
-        return losses.soft_cross_entropy(logits, y), contrast(jnp.concatenate([f1, f2]), cls)
+        return losses.soft_cross_entropy(logits, y), jnp.concatenate([f1, f2])
       theta_con = theta if cfg.through_student else jax.lax.stop_gradient(theta)
       _, feats = network.apply_flat(theta_con, jnp.concatenate([x1, x2]))
       ce = losses.soft_cross_entropy(network.apply_flat(theta, x_ce)[0], y)
-      return ce, contrast(feats, cls)
+      return ce, feats
 
     early_views = jax.vmap(lambda x, k: draw_views(x, k, early))(
         sharding.constrain_batch(images[idx], mesh, axis=1), aug_keys) if early else ()
@@ -256,35 +258,42 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       drawn.update(zip(late, draw_views(sharding.constrain_batch(images[i], mesh), k, late)))
       views = tuple(drawn[j] for j in range(len(specs)))
       y, cls = probs[i], syn_classes[i]
-      if cfg.contrast_on and cfg.clr_strategy == "update":
+      if update:
         def student_loss(th):
-          ce, con = student_losses(th, views, y, cls)
+          ce, feats = student_losses(th, views, y)
+          con = contrast(feats, cls)
           return ce + cfg.lam * con, con
       else:
-        # Fusion: the student descends the CE alone; L_contrast rides along as a value.
-        student_loss = lambda th: student_losses(th, views, y, cls)
-      g, con = jax.grad(student_loss, has_aux=True)(theta)
+        # Fusion: the student descends the CE alone; the features leave the step, and the
+        # head and L_contrast run after the scan, once on all N steps' features (one large
+        # head matmul in place of N small ones that each read the head's weights).
+        student_loss = lambda th: student_losses(th, views, y)
+      g, out = jax.grad(student_loss, has_aux=True)(theta)
       g = checkpoint_name(g, "inner_grad")
       if cfg.student_momentum:
         velocity = cfg.student_momentum * velocity + g
-        return (theta - lr * velocity, velocity), con
-      return theta - lr * g, con
+        return (theta - lr * velocity, velocity), out
+      return theta - lr * g, out
 
     if cfg.remat:
       # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
       # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
       # rest of the backward pass needs only activations and their gradients. remat_convs
-      # also keeps the convolutions' outputs and input gradients, the DSA views and the
-      # contrastive head's hidden layer, sparing their recomputation (DSA's many small kernels
-      # cost more than their FLOPs say; the head's (2b, F) x (F, F) matmul would run twice)
-      # for one step's activations (every image the step sees) held per step: memory ~N.
+      # also keeps the convolutions' outputs and input gradients, the DSA views and, under
+      # Update, the contrastive head's hidden layer, sparing their recomputation (DSA's many
+      # small kernels cost more than their FLOPs say; the head's (2b, F) x (F, F) matmul would
+      # run twice) for one step's activations (every image the step sees) held per step:
+      # memory ~N.
       kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD, DSA_VIEW, HEAD_HIDDEN)
                                 if cfg.remat_convs else ())
       inner = jax.checkpoint(inner, policy=jax.checkpoint_policies.save_only_these_names(*kept))
     carry0 = (theta0, jnp.zeros_like(theta0)) if cfg.student_momentum else theta0
-    carry_n, cons = jax.lax.scan(inner, carry0, (idx, aug_keys, early_views), unroll=cfg.unroll)
+    carry_n, outs = jax.lax.scan(inner, carry0, (idx, aug_keys, early_views), unroll=cfg.unroll)
     theta_n = carry_n[0] if cfg.student_momentum else carry_n
     l_tm = losses.trajectory_loss(theta_n, theta0, target)
+    # outs: each step's L_contrast (N,) (update; zeros without the term) or, under Fusion,
+    # each step's features (N, 2b, F).
+    cons = jax.vmap(contrast)(outs, syn_classes[idx]) if cfg.contrast_on and not update else outs
     l_con = jnp.mean(cons)
     if cfg.clr_strategy == "fusion" and cfg.contrast_on:
       total = cfg.alpha * l_con + cfg.beta * l_tm

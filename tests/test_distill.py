@@ -118,19 +118,20 @@ def test_scan_matches_python_loop(remat, unroll, strategy, extra):
   np.testing.assert_allclose(g1[1], g2[1], rtol=1e-4)
 
 
-@pytest.mark.parametrize("remat_convs,momentum,views", [
-    (False, 0.0, 0), (True, 0.0, 1), (False, 0.5, 0), (True, 0.0, 2), (False, 0.0, 2)])
-def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
-  """The forward sweep stacks, per inner step: theta and the inner gradient (and the
-  student's velocity, with momentum), and with remat_convs each convolution's output and
-  (layer 2) input gradient, each 'single'-mode DSA view and the projection head's hidden
-  pre-activation (DATM-CLR); nothing else, so memory stays flat in N apart from P-sized rows.
-  The 'multiple'-mode views (DATM-CLR's) are drawn for all N steps before the scan and enter
-  it as inputs. views: DSA views per inner step (0: no remat_convs, 2: DATM-CLR with shared
-  views, both 'multiple')."""
+@pytest.mark.parametrize("remat_convs,momentum,views,strategy", [
+    (False, 0.0, 0, "none"), (True, 0.0, 1, "none"), (False, 0.5, 0, "none"),
+    (True, 0.0, 2, "fusion"), (False, 0.0, 2, "fusion"), (True, 0.0, 2, "update")])
+def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views, strategy):
+  """The forward sweep stacks, per inner step: theta, the inner gradient (and the student's
+  velocity, with momentum) and the step's output (its L_contrast, or under Fusion the
+  contrastive features, which the head and loss take after the scan); with remat_convs also
+  each convolution's output and (layer 2) input gradient, each 'single'-mode DSA view and,
+  when the head runs in the step (Update), its hidden pre-activation; nothing else, so memory
+  stays flat in N apart from P-sized rows. The 'multiple'-mode views (DATM-CLR's) are drawn
+  for all N steps before the scan and enter it as inputs. views: DSA views per inner step
+  (0: no remat_convs, 2: DATM-CLR with shared views, both 'multiple')."""
   n, b = 3, 2
-  clr = dict(clr_strategy="fusion", alpha=0.5, views="shared") if views == 2 else dict(
-      clr_strategy="none")
+  clr = dict(clr_strategy=strategy, alpha=0.5, lam=0.5, views="shared" if views == 2 else "extra")
   net, cfg, feat, images, labels, theta0, target = _setup(
       remat=True, remat_convs=remat_convs, num_inner_steps=n, batch_syn=b, depth=2,
       student_momentum=momentum, **clr)
@@ -143,14 +144,14 @@ def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views):
   p = theta0.size
   layer1, layer2 = (n, b, 8, 8, 4), (n, b, 4, 4, 4)  # conv outputs; layer 2's input is 4x4x4
   view = (n, b, *SHAPE)
-  expected = [(n,), (n, p), (n, p)]
+  feats = (n, 2 * b, feat)  # both contrastive views' features (also the head's hidden width)
+  expected = [feats if strategy == "fusion" else (n,), (n, p), (n, p)]
   if remat_convs:
-    # The CE view's conv outputs and input gradient; the second view's outputs only (its
-    # contrastive gradient is taken in the outer backward pass, not inside the step).
+    # The CE view's conv outputs and input gradient; the second view's outputs, and under
+    # Update (its contrastive gradient taken inside the step) its input gradient too.
     expected += [layer2, layer2, layer1] + [layer2, layer1] * (views - 1)
     expected += [view] if views == 1 else []
-    # Both views' rows of the head's hidden layer (its width is the feature width here).
-    expected += [(n, 2 * b, feat)] if views == 2 else []
+    expected += [layer2, feats] if strategy == "update" else []
   expected += [(n, p)] if momentum else []
   assert stacked == sorted(expected), (stacked, sorted(expected))
   inputs = [v.aval.shape for v in forward.invars].count(view)
