@@ -7,6 +7,7 @@
   python launch/profile_step.py --setting=c10_ipc1:10 --kind="datm + dsa" --remat=convs --by=op
   XLA_FLAGS=--xla_cpu_use_onednn=true python launch/profile_step.py   # try a flag
   python launch/profile_step.py --setting=c10_ipc1:10 --kind="datm + dsa" --torch
+  python launch/profile_step.py --setting=c10_ipc1:10 --kind=datm-clr --views=shared --by=flops
 
 Traces one call of the compiled step (benchmark.setup_distill's shapes and fake trajectories)
 with the JAX profiler and prints, per kernel kind (ynn_fusion = YNNPACK matmuls and reductions,
@@ -15,7 +16,13 @@ the time per inner step; --by=line groups them instead by the line of datm_clr_j
 from (the compiled module's stack frames), --by=op by each kernel's main op (convolution, dot,
 reduce or elementwise) and result shape. The XLA:CPU runtime runs independent kernels
 concurrently, so the sum can exceed the wall time; the wall time of the traced call is printed
-beside it.
+beside it. A single traced call is no basis for a ratio between two steps (this CPU's speed
+drifts between calls): compare steps with launch/ab_step.py or benchmark.py.
+
+--by=flops traces nothing: it sums the FLOPs of the compiled module's matmuls and convolutions
+by the JAX op path each came from (e.g. transpose(jvp())/while/body/.../TorchConv_1/...: the
+backward sweep's work for layer 2), which shows work done twice, such as a forward pass that
+remat recomputes. Like XLA's cost analysis it counts a loop body once.
 
 --torch profiles the benchmark's PyTorch rendering of the same step instead (torch.profiler,
 each aten op's own CPU time; PyTorch runs its ops one after another, parallel inside each, so
@@ -26,6 +33,7 @@ import argparse
 import collections
 import gzip
 import json
+import math
 import os
 import re
 import sys
@@ -173,6 +181,45 @@ def print_torch_ops(wall: float, ops: collections.Counter, n_steps: int, top: in
       print(f"{op[:40]:40s} {us / 1e3:9.1f} {us / total:6.1%} {us / 1e3 / n_steps:14.2f}")
 
 
+def matmul_flops(hlo_text: str) -> collections.Counter:
+  """{JAX op path: FLOPs} of every dot and convolution in a compiled module's text (2 x the
+  output's size x the contraction's length), each counted once wherever it sits."""
+  shapes, found = {}, []
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = \w+\[([\d,]*)\]\S* ([\w-]+)\((.*)$", line)
+    if not m:
+      continue
+    name, dims, op, rest = m.groups()
+    shapes[name] = [int(d) for d in dims.split(",") if d]
+    if op in ("dot", "convolution"):
+      found.append((shapes[name], op, rest))
+  flops = collections.Counter()
+  for out, op, rest in found:
+    lhs, rhs = re.findall(r"%([\w.-]+)", rest)[:2]
+    if op == "dot":
+      axes = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)[1]
+      k = math.prod(shapes[lhs][int(a)] for a in axes.split(",") if a)
+    else:
+      window = re.search(r"window=\{size=([\dx]+)", rest)
+      kernel_labels = re.search(r"dim_labels=\w+_(\w+)->", rest)[1]
+      k = (math.prod(int(w) for w in window[1].split("x")) if window else 1) * shapes[rhs][
+          kernel_labels.index("i")]
+    path = re.search(r'op_name="([^"]*)"', rest)
+    path = re.sub(r"^jit\([^)]*\)/", "", path[1]) if path else "?"
+    flops[path] += 2 * math.prod(out) * k
+  return flops
+
+
+def print_flops(compiled, top: int):
+  flops = matmul_flops(compiled.as_text())
+  total = sum(flops.values())
+  print(f"dot and convolution: {total / 1e9:.3f} GFLOP (XLA's cost analysis, all ops: "
+        f"{benchmark.cost_flops(compiled) / 1e9:.3f})")
+  print(f"{'MFLOP':>9s} {'share':>6s}  op path")
+  for path, f in flops.most_common(top):
+    print(f"{f / 1e6:9.1f} {f / total:6.1%}  {path}")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--setting", default="c10_ipc1:5", help="benchmark setting, NAME[:N]")
@@ -185,9 +232,10 @@ def main():
   p.add_argument("--conv_impl", default="auto")
   p.add_argument("--top", type=int, default=20)
   p.add_argument("--remat", default="1", choices=list(benchmark.REMAT_MODES))
-  p.add_argument("--by", default="kind", choices=["kind", "line", "op"],
+  p.add_argument("--by", default="kind", choices=["kind", "line", "op", "flops"],
                  help="group kernels by kind, by the package source line they came from, or "
-                      "by their main op (convolution, dot, reduce, elementwise) and shape")
+                      "by their main op (convolution, dot, reduce, elementwise) and shape; "
+                      "flops: no trace, the matmul and convolution FLOPs by JAX op path")
   p.add_argument("--torch", action="store_true",
                  help="profile the benchmark's PyTorch step instead, by aten op")
   a = p.parse_args()
@@ -203,6 +251,11 @@ def main():
                                              full=a.full, conv_impl=a.conv_impl, remat=a.remat,
                                              kind=kind, views=a.views)
   compiled = step.lower(*args).compile()
+  if a.by == "flops":
+    print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {kind}"
+          f"{f' ({a.views} views)' if kind == 'datm-clr' else ''} step")
+    print_flops(compiled, a.top)
+    return
   jax.block_until_ready(compiled(*args))
   with tempfile.TemporaryDirectory() as d:
     jax.profiler.start_trace(d, create_perfetto_trace=True)

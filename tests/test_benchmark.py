@@ -120,6 +120,23 @@ def test_profile_step_names_each_kernels_main_op(monkeypatch):
   assert {"convolution f32[2,6,6,4]", "dot f32[2,5]", "reduce f32[2,4]"} <= found, found
 
 
+def test_profile_step_counts_matmul_and_convolution_flops_by_op_path(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  import profile_step  # pylint: disable=import-outside-toplevel
+
+  def f(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    with jax.named_scope("head"):
+      return jnp.sin(y).reshape(2, -1) @ w
+
+  args = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((6 * 6 * 4, 5))
+  flops = profile_step.matmul_flops(jax.jit(f).lower(*args).compile().as_text())
+  # 2 x output size x contraction: 3x3 taps of 3 channels, then 144 features.
+  assert dict(flops) == {"conv_general_dilated": 2 * (2 * 6 * 6 * 4) * 27,
+                         "head/dot_general": 2 * (2 * 5) * 144}, flops
+
+
 def test_ab_step_checks_its_xla_options_before_any_step():
   import ab_step  # pylint: disable=import-outside-toplevel
   assert ab_step.parse_options('{"xla_cpu_multi_thread_eigen": false}') == {
