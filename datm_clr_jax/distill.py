@@ -198,6 +198,17 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     probs = jax.nn.softmax(label_logits, axis=-1)
     shared = cfg.views == "shared"
     update = cfg.contrast_on and cfg.clr_strategy == "update"
+    # The views depend on the images and keys only, never on theta. Where the step keeps them
+    # anyway (no remat, or remat_convs), the 'multiple'-mode ones are drawn before the scan, all
+    # N steps' at once (faster for DATM-CLR's two views; launch/results/benchmark_cpu.md). The
+    # 'single'-mode CE view stays in the step: batched, lax.switch would run every op family
+    # (slower, same file). Plain remat draws and recomputes every view inside the step, so
+    # memory stays flat in N. Likewise under Fusion, which the student never descends, the
+    # head and L_contrast run after the scan, once on all N steps' features (one large head
+    # matmul in place of N small ones that each read the head's weights; same file), except
+    # under plain remat, where the N steps' features would be held.
+    views_first = not cfg.remat or cfg.remat_convs
+    head_after = cfg.contrast_on and not update and views_first
 
     def contrast(feats, cls):
       """L_contrast of (2b, F) features: the first b one view, the last b the other."""
@@ -214,13 +225,6 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     specs = [(cfg.view_mode if shared else cfg.dsa_mode, 0)]
     if cfg.contrast_on:
       specs += [(cfg.view_mode, 2)] if shared else [(cfg.view_mode, 1), (cfg.view_mode, 2)]
-    # The views depend on the images and keys only, never on theta. Where the step keeps them
-    # anyway (no remat, or remat_convs), the 'multiple'-mode ones are drawn before the scan, all
-    # N steps' at once (faster for DATM-CLR's two views; launch/results/benchmark_cpu.md). The
-    # 'single'-mode CE view stays in the step: batched, lax.switch would run every op family
-    # (slower, same file). Plain remat draws and recomputes every view inside the step, so
-    # memory stays flat in N.
-    views_first = not cfg.remat or cfg.remat_convs
     early = [j for j, (mode, _) in enumerate(specs) if views_first and mode == "multiple"]
     late = [j for j in range(len(specs)) if j not in early]
 
@@ -258,16 +262,14 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       drawn.update(zip(late, draw_views(sharding.constrain_batch(images[i], mesh), k, late)))
       views = tuple(drawn[j] for j in range(len(specs)))
       y, cls = probs[i], syn_classes[i]
-      if update:
+      if cfg.contrast_on and not head_after:
+        # Update descends CE + lambda L_contrast; Fusion the CE alone, L_contrast riding along.
         def student_loss(th):
           ce, feats = student_losses(th, views, y)
           con = contrast(feats, cls)
-          return ce + cfg.lam * con, con
+          return (ce + cfg.lam * con if update else ce), con
       else:
-        # Fusion: the student descends the CE alone; the features leave the step, and the
-        # head and L_contrast run after the scan, once on all N steps' features (one large
-        # head matmul in place of N small ones that each read the head's weights).
-        student_loss = lambda th: student_losses(th, views, y)
+        student_loss = lambda th: student_losses(th, views, y)  # the features leave the step
       g, out = jax.grad(student_loss, has_aux=True)(theta)
       g = checkpoint_name(g, "inner_grad")
       if cfg.student_momentum:
@@ -279,8 +281,8 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
       # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
       # rest of the backward pass needs only activations and their gradients. remat_convs
-      # also keeps the convolutions' outputs and input gradients, the DSA views and, under
-      # Update, the contrastive head's hidden layer, sparing their recomputation (DSA's many
+      # also keeps the convolutions' outputs and input gradients, the DSA views and, where it
+      # runs in the step (Update), the contrastive head's hidden layer, sparing their recomputation (DSA's many
       # small kernels cost more than their FLOPs say; the head's (2b, F) x (F, F) matmul would
       # run twice) for one step's activations (every image the step sees) held per step:
       # memory ~N.
@@ -291,9 +293,8 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     carry_n, outs = jax.lax.scan(inner, carry0, (idx, aug_keys, early_views), unroll=cfg.unroll)
     theta_n = carry_n[0] if cfg.student_momentum else carry_n
     l_tm = losses.trajectory_loss(theta_n, theta0, target)
-    # outs: each step's L_contrast (N,) (update; zeros without the term) or, under Fusion,
-    # each step's features (N, 2b, F).
-    cons = jax.vmap(contrast)(outs, syn_classes[idx]) if cfg.contrast_on and not update else outs
+    # outs: each step's L_contrast (N,) (zeros without the term), or its features (N, 2b, F).
+    cons = jax.vmap(contrast)(outs, syn_classes[idx]) if head_after else outs
     l_con = jnp.mean(cons)
     if cfg.clr_strategy == "fusion" and cfg.contrast_on:
       total = cfg.alpha * l_con + cfg.beta * l_tm

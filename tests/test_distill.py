@@ -123,13 +123,14 @@ def test_scan_matches_python_loop(remat, unroll, strategy, extra):
     (True, 0.0, 2, "fusion"), (False, 0.0, 2, "fusion"), (True, 0.0, 2, "update")])
 def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views, strategy):
   """The forward sweep stacks, per inner step: theta, the inner gradient (and the student's
-  velocity, with momentum) and the step's output (its L_contrast, or under Fusion the
-  contrastive features, which the head and loss take after the scan); with remat_convs also
-  each convolution's output and (layer 2) input gradient, each 'single'-mode DSA view and,
-  when the head runs in the step (Update), its hidden pre-activation; nothing else, so memory
-  stays flat in N apart from P-sized rows. The 'multiple'-mode views (DATM-CLR's) are drawn
-  for all N steps before the scan and enter it as inputs. views: DSA views per inner step
-  (0: no remat_convs, 2: DATM-CLR with shared views, both 'multiple')."""
+  velocity, with momentum) and the step's output (its L_contrast, or under Fusion with
+  remat_convs the contrastive features, which the head and loss take after the scan); with
+  remat_convs also each convolution's output and (layer 2) input gradient, each
+  'single'-mode DSA view and, when the head runs in the step (Update), its hidden
+  pre-activation; nothing else, so plain remat's memory stays flat in N apart from P-sized
+  rows. With remat_convs the 'multiple'-mode views (DATM-CLR's) are drawn for all N steps
+  before the scan and enter it as inputs. views: DSA views per inner step (0: no
+  remat_convs, 2: DATM-CLR with shared views, both 'multiple')."""
   n, b = 3, 2
   clr = dict(clr_strategy=strategy, alpha=0.5, lam=0.5, views="shared" if views == 2 else "extra")
   net, cfg, feat, images, labels, theta0, target = _setup(
@@ -145,7 +146,7 @@ def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views, strateg
   layer1, layer2 = (n, b, 8, 8, 4), (n, b, 4, 4, 4)  # conv outputs; layer 2's input is 4x4x4
   view = (n, b, *SHAPE)
   feats = (n, 2 * b, feat)  # both contrastive views' features (also the head's hidden width)
-  expected = [feats if strategy == "fusion" else (n,), (n, p), (n, p)]
+  expected = [feats if strategy == "fusion" and remat_convs else (n,), (n, p), (n, p)]
   if remat_convs:
     # The CE view's conv outputs and input gradient; the second view's outputs, and under
     # Update (its contrastive gradient taken inside the step) its input gradient too.
