@@ -281,10 +281,10 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
       # Keeping each step's gradient (P floats, like the scan's saved theta) spares the
       # recomputation its weight-gradient matmuls: d(theta - lr g)/d lr needs g itself, the
       # rest of the backward pass needs only activations and their gradients. remat_convs
-      # also keeps the convolutions' outputs and input gradients, the DSA views and, where it
-      # runs in the step (Update), the contrastive head's hidden layer, sparing their recomputation (DSA's many
-      # small kernels cost more than their FLOPs say; the head's (2b, F) x (F, F) matmul would
-      # run twice) for one step's activations (every image the step sees) held per step:
+      # also keeps the convolutions' outputs and input gradients, the DSA views and, where the
+      # head runs in the step (Update), its hidden layer, sparing their recomputation (DSA's
+      # many small kernels cost more than their FLOPs say; the head's (2b, F) x (F, F) matmul
+      # would run twice) for one step's activations (every image the step sees) held per step:
       # memory ~N.
       kept = ("inner_grad",) + ((CONV_OUTPUT, CONV_INPUT_GRAD, DSA_VIEW, HEAD_HIDDEN)
                                 if cfg.remat_convs else ())
