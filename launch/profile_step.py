@@ -251,9 +251,10 @@ def main():
                                              full=a.full, conv_impl=a.conv_impl, remat=a.remat,
                                              kind=kind, views=a.views)
   compiled = step.lower(*args).compile()
+  title = (f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {kind}"
+           f"{f' ({a.views} views)' if kind == 'datm-clr' else ''} step")
   if a.by == "flops":
-    print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {kind}"
-          f"{f' ({a.views} views)' if kind == 'datm-clr' else ''} step")
+    print(title)
     print_flops(compiled, a.top)
     return
   jax.block_until_ready(compiled(*args))
@@ -266,8 +267,7 @@ def main():
     group = {"kind": lambda _: None, "line": source_lines, "op": kernel_ops}[a.by]
     kinds = kernel_times(d, group(compiled.as_text()))
   total = sum(kinds.values())
-  print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} "
-        f"{kind}{f' ({a.views} views)' if kind == 'datm-clr' else ''} step; backend {jax.default_backend()}")
+  print(f"{title}; backend {jax.default_backend()}")
   print(f"traced call {wall * 1e3:.1f} ms wall; kernels {total / 1e3:.1f} ms summed")
   width = {"kind": 32, "line": 56, "op": 40}[a.by]
   print(f"{'kernel ' + a.by:{width}s} {'ms':>9s} {'share':>6s} {'ms/inner step':>14s}")
