@@ -95,6 +95,9 @@ def main(argv=None):
   p.add_argument("--views", default="shared", choices=["extra", "shared"])
   p.add_argument("--remat", default="convs", choices=list(benchmark.REMAT_MODES))
   p.add_argument("--repeats", type=int, default=9)
+  p.add_argument("--no_settle", dest="settle", action="store_false",
+                 help="time each call right after the other version's (benchmark's "
+                      "median_times_interleaved)")
   p.add_argument("--unroll", type=int, default=1, help="the worktree step's scan unroll")
   p.add_argument("--options", default="{}",
                  help="XLA compile options of the worktree's step, a JSON object")
@@ -118,7 +121,7 @@ def main(argv=None):
       lines.append(f"| {label} | {compile_s:.1f} s | {benchmark.fmt_gflop(flops)} | "
                    f"{benchmark.fmt_bytes(peak)} | {float(m['loss']):.8g} | "
                    f"{float(m['grad_norm_images']):.6g} |")
-    times = benchmark.median_times_interleaved(calls, a.repeats)
+    times = benchmark.median_times_interleaved(calls, a.repeats, settle=a.settle)
   worktree = "".join([f"; worktree: scan unroll {a.unroll}" if a.unroll != 1 else "",
                       f"; worktree: XLA options {options}" if options else ""])
   print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {a.kind} step, remat "

@@ -101,10 +101,19 @@ def median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def median_times_interleaved(fns: list, repeats: int, between=None) -> list[float]:
-  """median_time of each fn, the calls taken in turns (ABAB..., reversed every other round),
-  so a machine that slows down or speeds up during the run favours none of them. `between`,
-  if given, runs untimed after every call (e.g. handing PyTorch's cached memory back)."""
+def times_interleaved(fns: list, repeats: int, between=None, settle: bool = True
+                      ) -> list[list[float]]:
+  """Each fn's `repeats` call times (s), the calls taken in turns (ABAB..., reversed every
+  other round), so a machine that slows down or speeds up during the run favours none of them.
+  `between`, if given, runs untimed after every call (e.g. handing PyTorch's cached memory
+  back).
+
+  settle: each timed call comes right after an untimed call of the same fn, as in a run, which
+  calls one step back to back. The first call after another program can pay for memory that
+  program freed: on a VM whose balloon reports free pages, the host takes freed memory back
+  and the next touch of it faults on the host (launch/results/benchmark_cpu.md, "Settled
+  calls"), which slowed the step after a PyTorch call far more than its FLOPs.
+  """
   for fn in fns:
     fn()
     if between:
@@ -113,12 +122,34 @@ def median_times_interleaved(fns: list, repeats: int, between=None) -> list[floa
   for r in range(repeats):
     order = list(range(len(fns)))[::1 if r % 2 == 0 else -1]
     for i in order:
+      if settle:
+        fns[i]()
       t0 = time.perf_counter()
       fns[i]()
       times[i].append(time.perf_counter() - t0)
       if between:
         between()
-  return [statistics.median(t) for t in times]
+  return times
+
+
+def median_times_interleaved(fns: list, repeats: int, between=None, settle: bool = True
+                             ) -> list[float]:
+  """The median of each fn's times_interleaved."""
+  return [statistics.median(t) for t in times_interleaved(fns, repeats, between, settle)]
+
+
+def round_ratios(num: list[float], den: list[float]) -> tuple[float, float, float]:
+  """(median, min, max) of num[r] / den[r] over rounds r: two steps' times from the same
+  rounds of times_interleaved, so each ratio compares calls a few seconds apart."""
+  r = [a / b for a, b in zip(num, den, strict=True)]
+  return statistics.median(r), min(r), max(r)
+
+
+def fmt_round_ratios(num, den) -> str:
+  if not num or not den:
+    return "-"
+  med, lo, hi = round_ratios(num, den)
+  return f"{med:.3f} ({lo:.3f}-{hi:.3f})"
 
 
 OOM = "out of memory"  # a cell whose run did not fit in the device's memory
@@ -399,7 +430,7 @@ def setting(spec: str, quick: bool):
 def section_distill(a, tb):
   """Every step of a setting, both frameworks, timed in turns (median_times_interleaved): a
   machine whose speed drifts during the run moves all of them alike, so the ratios hold."""
-  rows = []
+  rows, clr_rows = [], []
   for spec in a.settings:
     name, classes, ipc, n_steps, batch_syn = setting(spec, a.quick)
     print(f"[distill] {name}: N={n_steps} batch_syn={batch_syn}", flush=True)
@@ -425,8 +456,9 @@ def section_distill(a, tb):
     # Each call once (a kind's PyTorch call serves all its remat rows), those that fit only.
     calls = list(dict.fromkeys(c for cell in cells for c in (
         cell["jax"], cell["torch"] and cell["torch"]["call"]) if c))
-    times = dict(zip(calls, median_times_interleaved(calls, a.repeats,
-                                                     between=tb.release if tb else None)))
+    per_round = dict(zip(calls, times_interleaved(
+        calls, a.repeats, between=tb.release if tb else None, settle=a.settle)))
+    times = {c: statistics.median(t) for c, t in per_round.items()}
     for cell in cells:
       t_jax = times[cell["jax"]] if cell["jax"] else OOM
       t = cell["torch"]
@@ -434,9 +466,24 @@ def section_distill(a, tb):
       rows.append(cell["row"] + [fmt_s(t_jax), fmt_bytes(cell["mem"]), fmt_s(t_torch),
                                  fmt_bytes(t["peak"] if t else None), ratio(t_torch, t_jax)])
       print("  ", rows[-1], flush=True)
-  return table(["setting", "step", "remat", "N", "batch_syn", "JAX compile",
+    # What the contrastive term costs: DATM-CLR over DATM + DSA, round by round.
+    by_kind = {(cell["row"][1].split(" (")[0], cell["row"][2]): cell for cell in cells}
+    for remat in a.remat:
+      clr, datm = (by_kind.get((k, REMAT_MODES[remat][1])) for k in ("datm-clr", "datm + dsa"))
+      if clr and datm:
+        get = lambda call: per_round.get(call) if call else None
+        torch_call = lambda cell: cell["torch"] and cell["torch"]["call"]
+        clr_rows.append([name, REMAT_MODES[remat][1], a.repeats,
+                         fmt_round_ratios(get(clr["jax"]), get(datm["jax"])),
+                         fmt_round_ratios(get(torch_call(clr)), get(torch_call(datm)))])
+  text = table(["setting", "step", "remat", "N", "batch_syn", "JAX compile",
                 "GFLOP per inner step (XLA)", "JAX step", "JAX peak (XLA)", "PyTorch step",
                 "PyTorch peak", "PyTorch/JAX"], rows)
+  if clr_rows:
+    text += "\n\nDATM-CLR / DATM + DSA, each framework, the two calls of each round:\n\n" + table(
+        ["setting", "remat", "rounds", "JAX: median (min-max)", "PyTorch: median (min-max)"],
+        clr_rows)
+  return text
 
 
 def section_memory(a, tb):
@@ -514,7 +561,7 @@ def section_dsa(a, tb):
       calls.append(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
   finally:
     del augment.OPS["rotatedense"]
-  times = median_times_interleaved(calls, a.repeats)
+  times = median_times_interleaved(calls, a.repeats, settle=a.settle)
   shown = {"none": "(no DSA)", "rotatedense": "rotate, dense tent weights (before a9780b5)"}
   rows = [[name, shown.get(strategy, strategy), mode, n_steps, batch_syn,
            fmt_compile(c), fmt_s(t), f"{(t - times[0]) / n_steps * 1e3:+.2f} ms",
@@ -540,7 +587,7 @@ def section_runs(a, tb):
                                        runs=0 if k == 1 else k)
       cells.append((k, *jax_distill_call_or_oom(step, args)[:3]))
     fit = [call for _, _, call, _ in cells if call]
-    times = dict(zip(fit, median_times_interleaved(fit, a.repeats)))
+    times = dict(zip(fit, median_times_interleaved(fit, a.repeats, settle=a.settle)))
     one = next((times[call] for k, _, call, _ in cells if k == 1 and call), None)
     for k, c, call, mem in cells:
       t = times[call] if call else OOM
@@ -736,7 +783,7 @@ def section_eval(a, tb):
         compile_s.append(time.perf_counter() - t0)
       times = median_times_interleaved(
           [functools.partial(lambda f: jax.block_until_ready(f(*args)), f) for f in compiled],
-          a.repeats)
+          a.repeats, settle=a.settle)
       for every, c, t in zip(a.eval_progress, compile_s, times):
         tt = None if t_torch1 is None else s * t_torch1
         label = loop_label(loop, resolved) + (f", progress every {every}" if every else "")
@@ -850,6 +897,10 @@ def main(argv=None):
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--size", type=int, default=32)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--no_settle", dest="settle", action="store_false",
+                 help="time each call right after the previous fn's, not after an untimed "
+                      "call of its own (median_times_interleaved), as the tables before "
+                      "launch/results/benchmark_cpu.md's \"Settled calls\" were timed")
   p.add_argument("--skip_full", action="store_true",
                  help="distill: only the matched rows (no DSA, no contrastive term)")
   p.add_argument("--clr_views", default="extra", choices=["extra", "shared"],

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,39 @@ def test_cost_flops_counts_a_matmul():
   a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
   compiled = jax.jit(jnp.matmul).lower(a, b).compile()
   assert benchmark.cost_flops(compiled) == pytest.approx(2 * 8 * 16 * 4)
+
+
+def _costly_after_another(cost: float):
+  """Three fns that sleep `cost` s when the previous call was another fn's, like a step that
+  faults in memory its neighbour freed; returns them and the log of who ran."""
+  log = []
+
+  def make(name):
+    def fn():
+      if log and log[-1] != name:
+        time.sleep(cost)
+      log.append(name)
+    return fn
+
+  return [make("a"), make("b"), make("c")], log
+
+
+@pytest.mark.parametrize("settle", [True, False])
+def test_interleaved_timing_settles_each_call_after_its_own(settle):
+  fns, log = _costly_after_another(0.02)
+  times = benchmark.median_times_interleaved(fns, repeats=4, settle=settle)
+  assert len(log) == 3 + 4 * 3 * (2 if settle else 1)
+  if settle:
+    assert max(times) < 0.01  # timed after an untimed call of its own: never the penalty
+  else:
+    assert times[1] >= 0.02  # in turns, the middle fn always follows another
+
+
+def test_round_ratios_pair_the_calls_of_each_round():
+  # A slow second round moves both steps: per round 2, 1, 3; the ratio of medians would be 3.
+  assert benchmark.round_ratios([2.0, 10.0, 3.0], [1.0, 10.0, 1.0]) == (2.0, 1.0, 3.0)
+  with pytest.raises(ValueError):
+    benchmark.round_ratios([1.0], [1.0, 2.0])
 
 
 def test_training_flops_per_image_matches_the_convolutions():
