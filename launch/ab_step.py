@@ -23,6 +23,7 @@ import importlib
 import io
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -121,16 +122,19 @@ def main(argv=None):
       lines.append(f"| {label} | {compile_s:.1f} s | {benchmark.fmt_gflop(flops)} | "
                    f"{benchmark.fmt_bytes(peak)} | {float(m['loss']):.8g} | "
                    f"{float(m['grad_norm_images']):.6g} |")
-    times = benchmark.median_times_interleaved(calls, a.repeats, settle=a.settle)
+    per_round = benchmark.times_interleaved(calls, a.repeats, settle=a.settle)
   worktree = "".join([f"; worktree: scan unroll {a.unroll}" if a.unroll != 1 else "",
                       f"; worktree: XLA options {options}" if options else ""])
   print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {a.kind} step, remat "
         f"{benchmark.REMAT_MODES[a.remat][1]}; {a.repeats} calls each in turns; "
         f"backend {jax.default_backend()}{worktree}\n")
   print("| package | compile | GFLOP (XLA) | peak (XLA) | loss | image-gradient norm | step "
-        "| base / this |\n|---|---|---|---|---|---|---|---|")
-  for line, t in zip(lines, times):
-    print(f"{line} {benchmark.fmt_s(t)} | {times[0] / t:.3f}x |")
+        "| base / this | base / this, per round: median (min-max) |\n"
+        "|---|---|---|---|---|---|---|---|---|")
+  times = [statistics.median(t) for t in per_round]
+  for line, t, rounds in zip(lines, times, per_round):
+    print(f"{line} {benchmark.fmt_s(t)} | {times[0] / t:.3f}x | "
+          f"{benchmark.fmt_round_ratios(per_round[0], rounds)} |")
 
 
 if __name__ == "__main__":
