@@ -428,7 +428,7 @@ def setting(spec: str, quick: bool):
 
 
 def section_distill(a, tb):
-  """Every step of a setting, both frameworks, timed in turns (median_times_interleaved): a
+  """Every step of a setting, both frameworks, timed in turns (times_interleaved): a
   machine whose speed drifts during the run moves all of them alike, so the ratios hold."""
   rows, clr_rows = [], []
   for spec in a.settings:
