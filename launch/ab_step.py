@@ -98,7 +98,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=9)
   p.add_argument("--no_settle", dest="settle", action="store_false",
                  help="time each call right after the other version's (benchmark's "
-                      "median_times_interleaved)")
+                      "times_interleaved)")
   p.add_argument("--unroll", type=int, default=1, help="the worktree step's scan unroll")
   p.add_argument("--options", default="{}",
                  help="XLA compile options of the worktree's step, a JSON object")
