@@ -452,7 +452,7 @@ def section_distill(a, tb):
         label = kind + (f" ({views} views)" if kind == "datm-clr" else "")
         cells.append({"row": [name, label, REMAT_MODES[remat][1], n_steps, batch_syn,
                               fmt_compile(c), fmt_gflop(flops)], "jax": call, "mem": mem,
-                      "torch": torch_cell})
+                      "torch": torch_cell, "kind": kind, "remat": remat})
     # Each call once (a kind's PyTorch call serves all its remat rows), those that fit only.
     calls = list(dict.fromkeys(c for cell in cells for c in (
         cell["jax"], cell["torch"] and cell["torch"]["call"]) if c))
@@ -467,15 +467,15 @@ def section_distill(a, tb):
                                  fmt_bytes(t["peak"] if t else None), ratio(t_torch, t_jax)])
       print("  ", rows[-1], flush=True)
     # What the contrastive term costs: DATM-CLR over DATM + DSA, round by round.
-    by_kind = {(cell["row"][1].split(" (")[0], cell["row"][2]): cell for cell in cells}
+    by_kind = {(cell["kind"], cell["remat"]): cell for cell in cells}
+    rounds = lambda call: per_round.get(call) if call else None  # None: out of memory
+    torch_call = lambda cell: cell["torch"] and cell["torch"]["call"]
     for remat in a.remat:
-      clr, datm = (by_kind.get((k, REMAT_MODES[remat][1])) for k in ("datm-clr", "datm + dsa"))
+      clr, datm = by_kind.get(("datm-clr", remat)), by_kind.get(("datm + dsa", remat))
       if clr and datm:
-        get = lambda call: per_round.get(call) if call else None
-        torch_call = lambda cell: cell["torch"] and cell["torch"]["call"]
         clr_rows.append([name, REMAT_MODES[remat][1], a.repeats,
-                         fmt_round_ratios(get(clr["jax"]), get(datm["jax"])),
-                         fmt_round_ratios(get(torch_call(clr)), get(torch_call(datm)))])
+                         fmt_round_ratios(rounds(clr["jax"]), rounds(datm["jax"])),
+                         fmt_round_ratios(rounds(torch_call(clr)), rounds(torch_call(datm)))])
   text = table(["setting", "step", "remat", "N", "batch_syn", "JAX compile",
                 "GFLOP per inner step (XLA)", "JAX step", "JAX peak (XLA)", "PyTorch step",
                 "PyTorch peak", "PyTorch/JAX"], rows)

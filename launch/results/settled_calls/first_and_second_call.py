@@ -1,37 +1,70 @@
-"""Each step (JAX and PyTorch, DATM + DSA and DATM-CLR) called twice in a row per round, in
-turns: the first call follows another step, the second itself.
+"""Each distillation step called twice in a row, the pairs taken in turns: the first call of a
+pair follows another step's call, the second its own. JAX and PyTorch, DATM + DSA and DATM-CLR
+(shared views, remat with the convolutions kept), at one benchmark setting:
 
   .venv/bin/python launch/results/settled_calls/first_and_second_call.py c10_ipc1:20 128 3
+
+Prints each call's median time, minor page faults and system time, first and second.
 """
-import sys, time, resource, statistics
+
+import resource
+import statistics
+import sys
+import time
 from pathlib import Path
+
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "launch")); sys.path.insert(0, str(ROOT))
-import benchmark as B
-spec, width, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-name, classes, ipc, N, bs = B.setting(spec, False)
-tb = B.Torch()
-fns, labels = [], []
-for kind in ("datm + dsa", "datm-clr"):
-  net, step, args, traj = B.setup_distill(classes, ipc, N, bs, width, 32, full=False,
-                                          remat="convs", kind=kind, views="shared")
-  fns.append(B.jax_distill_call(step, args)[1]); labels.append("jax " + kind)
-  t = B.torch_distill(tb, net, traj, classes, ipc, N, bs, 32, 3, kind, "shared"); t()
-  fns.append(t); labels.append("torch " + kind)
-first, second, ff, fs = ([[] for _ in fns] for _ in range(4))
-for r in range(reps):
-  order = list(range(len(fns)))[::1 if r % 2 == 0 else -1]
-  for i in order:
-    for dst, fdst in ((first, ff), (second, fs)):
-      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      t0 = time.perf_counter(); fns[i](); dst[i].append(time.perf_counter() - t0)
-      fdst[i].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-med = statistics.median
-for i, l in enumerate(labels):
-  print(f"{l:18s} first {med(first[i])*1e3:8.1f} ms ({med(ff[i]):7.0f} faults)  "
-        f"second {med(second[i])*1e3:8.1f} ms ({med(fs[i]):7.0f} faults)")
-j = {l: (med(first[i]), med(second[i])) for i, l in enumerate(labels)}
-for k, w in ((0, "first"), (1, "second")):
-  d, c = j["jax datm + dsa"][k], j["jax datm-clr"][k]
-  print(w, "CLR/DATM %.3f  torch/jax DATM %.3f  CLR %.3f" % (
-      c / d, j["torch datm + dsa"][k] / d, j["torch datm-clr"][k] / c))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "launch"))
+
+import benchmark  # noqa: E402
+
+KINDS = ("datm + dsa", "datm-clr")
+
+
+def measured(fn, log):
+  """fn, appending (seconds, minor faults, system seconds) of each call to log."""
+  def call():
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fn()
+    t, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    log.append((t, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime))
+  return call
+
+
+def main(spec: str, width: int, rounds: int):
+  name, classes, ipc, n_steps, batch_syn = benchmark.setting(spec, quick=False)
+  tb = benchmark.Torch()
+  steps = {}
+  for kind in KINDS:
+    net, step, args, traj = benchmark.setup_distill(
+        classes, ipc, n_steps, batch_syn, width, 32, full=False, remat="convs", kind=kind,
+        views="shared")
+    steps[f"JAX {kind}"] = benchmark.jax_distill_call(step, args)[1]
+    steps[f"PyTorch {kind}"] = benchmark.torch_distill(
+        tb, net, traj, classes, ipc, n_steps, batch_syn, 32, 3, kind, "shared")
+  logs = {label: [] for label in steps}
+  pairs = []
+  for label, fn in steps.items():
+    call = measured(fn, logs[label])
+    pairs.append(lambda call=call: (call(), call()))
+  benchmark.times_interleaved(pairs, rounds, settle=False)
+  print(f"{name}: N={n_steps} width={width}, {rounds} rounds; median ms (faults, system s)")
+  med = {}
+  for label, log in logs.items():
+    log = log[2:]  # the warm-up pair
+    cells = []
+    for which in (0, 1):
+      t, faults, sys_s = (statistics.median(v) for v in zip(*log[which::2]))
+      med[label, which] = t
+      cells.append(f"{t * 1e3:9.1f} ({faults:7.0f}, {sys_s:.2f})")
+    print(f"{label:20s} first {cells[0]}  second {cells[1]}")
+  for which, word in ((0, "first"), (1, "second")):
+    jax_datm, jax_clr = med["JAX datm + dsa", which], med["JAX datm-clr", which]
+    print(f"{word}: JAX DATM-CLR / DATM {jax_clr / jax_datm:.3f}; PyTorch/JAX DATM "
+          f"{med['PyTorch datm + dsa', which] / jax_datm:.3f}, DATM-CLR "
+          f"{med['PyTorch datm-clr', which] / jax_clr:.3f}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
