@@ -421,8 +421,9 @@ def make_parallel_step(network: Network, cfg: StepConfig, opt: OuterOptim, syn_c
   `states` is a SynState whose every leaf has a leading run axis K (stack_states), and run k
   takes iteration key keys[k] (a run's own fold_in(PRNGKey(seed_k), i)). The runs share the
   experts and the schedule; each matches its own expert and start epoch. On a latency-bound
-  accelerator (IPC 1) K runs cost far less than K programs; the results equal K separate
-  steps up to float reassociation (tested).
+  accelerator (IPC 1) K runs cost far less than K programs; on a CPU, already busy with one
+  run, they cost more than K separate steps (launch/results/benchmark_cpu.md). The results
+  equal K separate steps up to float reassociation (tested).
   """
   single = make_distill_step(network.for_vmap(), cfg, opt, syn_classes, feat_dim)
   return jax.jit(jax.vmap(single, in_axes=(0, None, None, 0)))
