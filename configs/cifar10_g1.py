@@ -2,8 +2,9 @@
 
 The CIFAR-10 IPC 1 config (ConvNet width 128, N = 80, DATM's values) with 10 experts of 6
 epochs (start epochs [0, 4) + M = 2 read snapshots 0..6) and 1,000 iterations. Data: the JPEG
-copy; on the lent device it travels in .gpu_carry/ (launch/gpu_g1.sh passes
---config.data.source). Never a reproduction of a paper number. Launch: bash launch/gpu_g1.sh
+copy; on the lent device it travels compressed in .gpu_carry/ (launch/gpu_carry.py) and
+launch/results/g1/plan.json points data.source there. Never a reproduction of a paper number.
+Launch: bash launch/gpu_g1.sh
 """
 
 import runpy

@@ -8,18 +8,14 @@
 #   2. runs: K = 1, 3, 6 independent distillation runs compiled into one program
 #      (benchmark.py --sections=runs, distill.make_parallel_step) at CIFAR-10 IPC 1.
 # Usage (the device has no registry and no ml_collections; the data and the wheel travel in
-# an ignored folder, as for launch/gpu_session.sh):
-#   here:  mkdir -p .gpu_carry && cp ../shared/data/cifar10-jpeg.zip .gpu_carry/ &&
-#          cp /opt/pypi/files/ml_collections-1.1.0-py3-none-any.whl .gpu_carry/ &&
-#          echo /.gpu_carry/ >> .git/info/exclude
-#   run (carry [".gpu_carry"], timeout 600):
-#          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
-#          export PYTHONPATH=/tmp/site; OUT=$OUT timeout 570 bash launch/gpu_g1.sh
+# the git-ignored .gpu_carry/, which the script unpacks first):
+#   here:  .venv/bin/python launch/gpu_carry.py pack
+#   run (carry [".gpu_carry"], timeout 600):  OUT=$OUT timeout 570 bash launch/gpu_g1.sh
 # Sizes: at the step times of launch/results/benchmark_gpu.md, A0 and one arm fit T_G1 with
 # their evaluations; a second arm may be cut by the limit (its checkpoint is lost with the
 # machine: the next lease runs it again).
 # Outputs: phases.txt, session.log, benchmark_gpu_runs.md and g1.tar (the plan folder's
-# runs/, summary.json and table.md, and each cell's config.json and syn_images.png).
+# runs/, summary.json, table.md and plots, and each cell's config.json and syn_images.png).
 # A local smoke run: ALLOW_CPU=1 PLAN=<a plan with tiny overrides> bash launch/gpu_g1.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +30,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
 source launch/gpu_lib.sh
+unpack_carry
 probe
 
 phase g1 "$T_G1" $PY -m datm_clr_jax --mode=study --study="$PLAN" --workdir="$ROOT"
@@ -42,7 +39,8 @@ phase runs "$T_RUNS" $PY launch/benchmark.py --sections=runs --runs_kinds=datm-c
 
 RESULTS=$(dirname "$PLAN")
 KEEP=()
-for f in "$RESULTS"/runs "$RESULTS"/summary.json "$RESULTS"/table.md "$ROOT"/*/config.json \
+for f in "$RESULTS"/runs "$RESULTS"/summary.json "$RESULTS"/table.md "$RESULTS"/*.png \
+         "$ROOT"/*/config.json \
          "$ROOT"/*/syn_images.png; do
   [ -e "$f" ] && KEEP+=("$f")
 done

@@ -13,6 +13,23 @@ phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and
   echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/phases.txt" >> "$LOG"
 }
 
+unpack_carry() {  # what launch/gpu_carry.py packed: wheels into /tmp/site, the data unpacked
+  local carry=${CARRY:-.gpu_carry}
+  [ -d "$carry" ] || return 0
+  if compgen -G "$carry/*.whl" > /dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$carry"/*.whl \
+      >> "$LOG" 2>&1 || { echo "the carried wheels do not install: stopping" | tee -a "$OUT/phases.txt"; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  compgen -G "$carry/*.xz" > /dev/null || return 0
+  # xz and sha256sum stand in where this Python was built without lzma.
+  $PY "$(dirname "${BASH_SOURCE[0]}")/gpu_carry.py" unpack --carry "$carry" >> "$LOG" 2>&1 ||
+    (cd "$carry" && for f in *.xz; do
+       xz -dkf "$f" && sha256sum -c "${f%.xz}.sha256" || exit 1
+     done) >> "$LOG" 2>&1 ||
+    { echo "the carried data does not unpack: stopping" | tee -a "$OUT/phases.txt"; exit 1; }
+}
+
 probe() {  # records the device and versions; exits when JAX sees no GPU or the package fails
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
       || echo "no nvidia-smi"; $PY -c "import jax; print('jax', jax.__version__, jax.devices())"; } \

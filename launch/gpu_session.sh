@@ -17,15 +17,10 @@
 # A phase whose limit is 0 is skipped. The session stops at once when JAX sees no GPU.
 # Usage: OUT=<dir> DATA=<cifar10-jpeg.zip> bash launch/gpu_session.sh
 # On the lent device (no registry there; ml_collections is missing from its image), the data
-# and the wheel travel in an ignored folder of the repo:
-#   here:  mkdir -p .gpu_carry && cp ../shared/data/cifar10-jpeg.zip .gpu_carry/ &&
-#          cp /opt/pypi/files/ml_collections-1.1.0-py3-none-any.whl .gpu_carry/ &&
-#          echo /.gpu_carry/ >> .git/info/exclude
-#          (the zip is read only by the CIFAR-10 phases, off by default: without it less travels)
+# and the wheel travel in the git-ignored .gpu_carry/, which the script unpacks first:
+#   here:  .venv/bin/python launch/gpu_carry.py pack
 #   run (carry [".gpu_carry"], timeout 600):
-#          python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_carry/*.whl &&
-#          export PYTHONPATH=/tmp/site; OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip \
-#          timeout 580 bash launch/gpu_session.sh
+#          OUT=$OUT DATA=.gpu_carry/cifar10-jpeg.zip timeout 580 bash launch/gpu_session.sh
 # Outputs (at most 8 files, as the device tool returns): session.log, phases.txt,
 # benchmark_gpu{,_im2col,_hybrid,_narrow,_segments}.md, and when the CIFAR-10 phases ran
 # outputs.tar (their results.json, syn_images.png and the rest of the run)
@@ -59,6 +54,7 @@ mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
 
 source launch/gpu_lib.sh
+unpack_carry
 probe
 M="$PY -m datm_clr_jax"
 C10="--config=configs/cifar10_ipc1.py --workdir=$ROOT/c10_ipc1 $SRC --config.data.cache_dir=$ROOT/cache"
