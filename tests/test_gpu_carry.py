@@ -23,13 +23,26 @@ def _data_zip(path):
   return path
 
 
+def _repo(path):
+  """A git repo with a tracked, an untracked and an ignored file: only the first two travel."""
+  path.mkdir()
+  subprocess.run(["git", "init", "-q", str(path)], check=True)
+  (path / ".gitignore").write_text("ignored.bin\n")
+  (path / "tracked.txt").write_bytes(b"t" * 100)
+  subprocess.run(["git", "-C", str(path), "add", ".gitignore", "tracked.txt"], check=True)
+  (path / "untracked.txt").write_bytes(b"u" * 50)
+  (path / "ignored.bin").write_bytes(b"i" * 10_000)
+  return path, len("ignored.bin\n") + 100 + 50
+
+
 def test_pack_then_unpack_restores_the_file_and_counts_what_travels(tmp_path):
   data = _data_zip(tmp_path / "d.zip")
   carry = tmp_path / "carry"
-  total = gpu_carry.pack(data, carry, wheels=())
+  repo, tree_bytes = _repo(tmp_path / "repo")
+  total = gpu_carry.pack(data, carry, wheels=(), repo=repo)
   xz = carry / "d.zip.xz"
   assert xz.stat().st_size < data.stat().st_size  # the shared headers compress
-  assert total == gpu_carry.travel_bytes(ROOT) + sum(f.stat().st_size for f in carry.iterdir())
+  assert total == tree_bytes + xz.stat().st_size + (carry / "d.zip.sha256").stat().st_size
   moved = tmp_path / "device"
   moved.mkdir()
   for f in carry.iterdir():
