@@ -55,7 +55,7 @@ def test_pack_then_unpack_restores_the_file_and_counts_what_travels(tmp_path):
 
 def test_unpack_refuses_a_corrupt_copy(tmp_path):
   carry = tmp_path / "carry"
-  gpu_carry.pack(_data_zip(tmp_path / "d.zip"), carry, wheels=())
+  gpu_carry.pack(_data_zip(tmp_path / "d.zip"), carry, wheels=(), repo=_repo(tmp_path / "r")[0])
   (carry / "d.zip.sha256").write_text("0" * 64 + "  d.zip\n")
   with pytest.raises(SystemExit, match="wrong SHA-256"):
     gpu_carry.unpack(carry)
@@ -66,7 +66,8 @@ def test_pack_refuses_over_the_limit_and_without_data(tmp_path):
   with pytest.raises(SystemExit, match="no data file"):
     gpu_carry.pack(tmp_path / "missing.zip", tmp_path / "carry", wheels=())
   with pytest.raises(SystemExit, match="would travel"):
-    gpu_carry.pack(_data_zip(tmp_path / "d.zip"), tmp_path / "carry", wheels=(), limit=1000)
+    gpu_carry.pack(_data_zip(tmp_path / "d.zip"), tmp_path / "carry", wheels=(),
+                   repo=_repo(tmp_path / "r")[0], limit=1000)
 
 
 def _unpack_carry(cwd, py):
@@ -83,7 +84,7 @@ def _unpack_carry(cwd, py):
 def test_the_device_scripts_unpack_the_carry(tmp_path, py):
   # PY=false stands for a device Python without lzma: xz and sha256sum take over.
   data = _data_zip(tmp_path / "d.zip")
-  gpu_carry.pack(data, tmp_path / ".gpu_carry", wheels=())
+  gpu_carry.pack(data, tmp_path / ".gpu_carry", wheels=(), repo=_repo(tmp_path / "r")[0])
   assert _unpack_carry(tmp_path, py) == (0, "")
   assert (tmp_path / ".gpu_carry" / "d.zip").read_bytes() == data.read_bytes()
   (tmp_path / ".gpu_carry" / "d.zip").unlink()
