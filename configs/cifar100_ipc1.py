@@ -1,6 +1,6 @@
-"""CIFAR-100, IPC 1: DATM-CLR with DATM's per-setting values (SPEC §8).
+"""CIFAR-100, IPC 1: DATM-CLR with DATM's per-setting values (its scripts).
 
-Launch: bash launch/cifar100_ipc1.sh   (experts, distillation, evaluation)
+Launch: bash launch/run.sh cifar100_ipc1   (experts, distillation, evaluation)
 Paper (ConvNet, test accuracy %): DATM-CLR 28.7+-0.2 (DATM 27.9+-0.2).
 The paper states N = 20; DATM's N is shipped (--config.distill.num_inner_steps=20 to
 follow the paper); record which N produced a number.

@@ -1,6 +1,6 @@
-"""CIFAR-100, IPC 10: DATM-CLR with DATM's per-setting values (SPEC §8).
+"""CIFAR-100, IPC 10: DATM-CLR with DATM's per-setting values (its scripts).
 
-Launch: bash launch/cifar100_ipc10.sh   (experts, distillation, evaluation)
+Launch: bash launch/run.sh cifar100_ipc10   (experts, distillation, evaluation)
 Paper (ConvNet, test accuracy %): DATM-CLR 48.7+-0.3 (DATM 47.2+-0.4).
 The paper states N = 20; DATM's N is shipped (--config.distill.num_inner_steps=20 to
 follow the paper); record which N produced a number.

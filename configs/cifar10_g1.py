@@ -1,10 +1,10 @@
-"""Protocol G1 (SPEC §10): full-width CIFAR-10 IPC 1 on one GPU, sized for one device lease.
+"""Protocol G1: full-width CIFAR-10 IPC 1 on one GPU, sized for one device lease.
 
 The CIFAR-10 IPC 1 config (ConvNet width 128, N = 80, DATM's values) with 10 experts of 6
 epochs (start epochs [0, 4) + M = 2 read snapshots 0..6) and 1,000 iterations. Data: the JPEG
-copy; on the lent device it travels compressed in .gpu_carry/ (launch/gpu_carry.py) and
+copy; on a lent device it travels compressed in .gpu_carry/ (launch/gpu/carry.py) and
 launch/results/g1/plan.json points data.source there. Never a reproduction of a paper number.
-Launch: bash launch/gpu_g1.sh
+Launch: bash launch/gpu/g1.sh (launch/gpu/README.md)
 """
 
 import runpy

@@ -1,6 +1,6 @@
-"""CIFAR-10, IPC 1: DATM-CLR with DATM's values (SPEC §8) and the paper's reading, the defaults.
+"""CIFAR-10, IPC 1: DATM-CLR with DATM's values (its scripts) and the paper's reading, the defaults.
 
-Launch: bash launch/cifar10_ipc1.sh   (experts, distillation, evaluation)
+Launch: bash launch/run.sh cifar10_ipc1   (experts, distillation, evaluation)
 Paper (ConvNet, test accuracy %): DATM-CLR 53.0+-0.4 (DATM 46.9+-0.5).
 The paper states N = 20; DATM's N = 80 is shipped (--config.distill.num_inner_steps=20 to
 follow the paper); record which N produced a number.
@@ -17,7 +17,6 @@ def get_config():
   config = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
   config.name = "cifar10_ipc1"
   # Ten images per inner step: keeping the convolution outputs costs little memory at this
-  # batch and spares their recomputation (the memory plans and step times are in
-  # launch/results/benchmark_cpu.md and benchmark_gpu.md).
+  # batch and spares their recomputation (docs/performance.md).
   config.distill.remat_convs = True
   return config

@@ -1,6 +1,6 @@
-"""CIFAR-10, IPC 10: DATM-CLR with DATM's per-setting values (SPEC §8).
+"""CIFAR-10, IPC 10: DATM-CLR with DATM's per-setting values (its scripts).
 
-Launch: bash launch/cifar10_ipc10.sh   (experts, distillation, evaluation)
+Launch: bash launch/run.sh cifar10_ipc10   (experts, distillation, evaluation)
 Paper (ConvNet, test accuracy %): DATM-CLR 70.2+-0.3 (DATM 66.8+-0.2).
 The paper states N = 20; DATM's N is shipped (--config.distill.num_inner_steps=20 to
 follow the paper); record which N produced a number.

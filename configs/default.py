@@ -1,4 +1,4 @@
-"""Common defaults: full-scale DATM-CLR on CIFAR-10 IPC 1 (SPEC §8), the base of every config.
+"""Common defaults: full-scale DATM-CLR on CIFAR-10 IPC 1 (DATM's values), the base of all configs.
 
 Paper (ConvNet, test accuracy %): DATM-CLR 53.0+-0.4, DATM 46.9+-0.5, random real 15.4+-0.3.
 
@@ -75,8 +75,7 @@ def get_config():
   config.distill.momentum_lr = 0.5
   config.distill.momentum_y = 0.9
   config.distill.learn_labels = True  # DATM learns the soft labels.
-  # The paper's §4.1 reading; DATM's student has none (0). The contrastive study set this default
-  # (launch/results/clr_study/README.md).
+  # The paper's own text, with no reading ahead of DATM under R1 (launch/results/clr_study).
   config.distill.student_momentum = 0.5  # Student SGD momentum (paper §4.1: 0.5; DATM: 0).
   config.distill.threshold = 1.1  # Skip the update when L_tm exceeds this.
   config.distill.init = "samples_predicted_correctly"  # | real.

@@ -1,6 +1,6 @@
-"""Tiny-ImageNet, IPC 1 (64x64, ConvNetD4): DATM-CLR with DATM's values (SPEC §8).
+"""Tiny-ImageNet, IPC 1 (64x64, ConvNetD4): DATM-CLR with DATM's values (its scripts).
 
-Launch: bash launch/tiny_ipc1.sh --config.data.source=tiny_imagenet:/path/to/tiny-imagenet-200
+Launch: bash launch/run.sh tiny_ipc1 --config.data.source=tiny_imagenet:/path/to/tiny-imagenet-200
 Paper (ConvNet, test accuracy %): DATM-CLR 14.8+-0.2 (DATM 13.6+-0.3 as quoted by the paper;
 DATM's own paper reports 17.1). The paper states N = 20; DATM's N = 40 is shipped.
 Data: tiny_imagenet:<dir> only (Tiny-ImageNet is not in the tfds catalogue).

@@ -2,7 +2,7 @@
 
 Every op maps images (B, H, W, C) to images of the same shape, is differentiable in the pixels
 and draws its random parameters *per sample* from a PRNG key (the randomness itself is not
-differentiated). Parameter values follow the reference DSA code (SPEC §3).
+differentiated). Parameter values follow the reference DSA code.
 
 Modes:
   'single'   - each call picks one op family at random and applies it to the whole batch
@@ -39,7 +39,7 @@ def color(x: jax.Array, key: jax.Array) -> jax.Array:
   b = x.shape[0]
   x = x + (_uniform(kb, b, dtype=x.dtype) - 0.5) * BRIGHTNESS
   # The channel mean as a sum of channel slices: XLA:CPU reduces a minor axis of 3 slowly
-  # (launch/results/benchmark_cpu.md, "The contrastive head, DSA's colour op and page faults").
+  # (docs/performance.md).
   m = sum(x[..., i:i + 1] for i in range(x.shape[-1])) / x.shape[-1]
   x = (x - m) * (_uniform(ks, b, dtype=x.dtype) * SATURATION) + m
   m = jnp.mean(x, axis=(1, 2, 3), keepdims=True)

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from datm_clr_jax import distributed
+from datm_clr_jax.errors import CheckpointError
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -64,10 +65,6 @@ def read_jsonl(path: Path) -> list[dict]:
       logging.warning("%s line %d is not JSON (a run killed while writing it?); skipped",
                       path, i + 1)
   return records
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint is missing, corrupt or does not fit what is being restored."""
 
 
 def _abs(path) -> Path:

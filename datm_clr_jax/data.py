@@ -18,7 +18,7 @@ A source string names where the data comes from:
                                the flat val/images/ labelled by val/val_annotations.txt, used
                                as the test split); <dir> may also be its parent.
 
-Every loader returns a `Dataset` of float32 images in [0, 1], NHWC. ZCA whitening (SPEC §1) is
+Every loader returns a `Dataset` of float32 images in [0, 1], NHWC. ZCA whitening (eps 0.1) is
 fitted once on the training images and cached as an .npz keyed by a fingerprint of the data.
 """
 
@@ -34,15 +34,13 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from datm_clr_jax.errors import DataError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 # Used when ZCA is off (the reference's CIFAR normalisation).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-
-
-class DataError(ValueError):
-  """Bad data source or data; the message says what to do."""
 
 
 @dataclasses.dataclass
@@ -429,7 +427,8 @@ class ZCA:
 
 
 def fit_zca(x: np.ndarray, eps: float = 0.1) -> ZCA:
-  """Fits ZCA (SPEC §1) on (N, H, W, C) images: covariance with 1/(N-1), eigh, eps=0.1."""
+  """Fits ZCA on (N, H, W, C) images as the reference does: flatten, centre, covariance with
+  1/(N-1), eigh, whitening U diag(1/sqrt(l + eps)) U^T."""
   flat = x.reshape(x.shape[0], -1).astype(np.float64)
   mean = flat.mean(axis=0)
   centred = flat - mean
@@ -483,6 +482,23 @@ class Prepared:
   zca: ZCA | None
   mean: np.ndarray | None = None
   std: np.ndarray | None = None
+
+  @property
+  def y_train(self) -> np.ndarray:
+    """(N,) int labels of x_train."""
+    return self.dataset.y_train
+
+  @property
+  def y_test(self) -> np.ndarray:
+    return self.dataset.y_test
+
+  @property
+  def num_classes(self) -> int:
+    return self.dataset.num_classes
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return self.dataset.image_shape
 
   def to_pixels(self, x: np.ndarray) -> np.ndarray:
     """Normalised (N, H, W, C) -> [0, 1] pixels (clipped), for display."""

@@ -1,4 +1,4 @@
-"""Evaluation protocol (SPEC §7): train fresh networks on a synthetic set, test on real data.
+"""The evaluation protocol: train fresh networks on a synthetic set, test them on real data.
 
 For each seed a randomly initialised network is trained only on the synthetic set: SGD with
 momentum 0.9 and weight decay 5e-4 (PyTorch-style, added to the gradient), learning rate = the
@@ -8,8 +8,8 @@ as the reference re-creates its optimiser) for the remaining `epochs - epochs //
 the loss is cross-entropy against the label distribution. All seeds train in one compiled
 function: under `jax.vmap` (seed_loop 'vmap', the default across devices) or one after
 another under `lax.map` ('map', the default on one device, where batching the seeds'
-convolutions made training slower than running them in turn: launch/results/eval_seed_loop.md
-on the CPU, launch/results/benchmark_gpu.md on an H200). With `progress_every` the compiled
+convolutions made training slower than running them in turn, on a CPU and on a GPU:
+docs/performance.md). With `progress_every` the compiled
 loop reports its epoch to the host (jax.debug.callback), so a long evaluation logs progress and
 an estimate of the time left; the trained networks are the same bit for bit.
 """
@@ -40,6 +40,16 @@ class EvalConfig:
   dsa_mode: str = "single"
   seed_loop: str = "auto"  # 'vmap' | 'map' | 'auto' (resolve_seed_loop)
   progress_every: int = 0  # log every this many epochs of each seed (0: no progress lines)
+
+  @classmethod
+  def from_config(cls, config, epochs: int | None = None, progress: bool = True) -> EvalConfig:
+    """The run config's evaluation settings (its eval and dsa sections); `epochs` replaces
+    eval.epochs (the shortened evaluations of selection), `progress` False drops the lines."""
+    e = config.eval
+    return cls(epochs=e.epochs if epochs is None else epochs, batch_size=e.batch_size,
+               momentum=e.momentum, weight_decay=e.weight_decay, strategy=config.dsa.strategy,
+               dsa_mode=config.dsa.mode, seed_loop=e.seed_loop,
+               progress_every=e.progress_every if progress else 0)
 
 
 SEED_LOOPS = sharding.NETWORK_LOOPS
@@ -187,7 +197,7 @@ def make_tester(network: Network, loop: str = "vmap", chunk: int = 1000):
   were trained. On one CPU device 'map' keeps the network's own convolutions, which tested
   faster than vmap's im2col (launch/results/cross_arch_cpu.md). Under 'vmap' each call takes
   chunk // S images per network, so memory does not grow with S (a full chunk per network
-  made AlexNet's im2col patches for 5 seeds too large for a 24 GiB machine).
+  made AlexNet's im2col patches too large for a 24 GiB machine).
   """
   if loop == "vmap":
     network = network.for_vmap()

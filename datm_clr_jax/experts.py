@@ -1,11 +1,10 @@
 """Expert trajectories: train K networks on the real set at once and store their parameters.
 
 A trajectory is an array of shape (epochs + 1, P): the flat parameters at initialisation and
-after every epoch (SPEC §4). Experts are independent, so one compiled epoch updates every
+after every epoch. Experts are independent, so one compiled epoch updates every
 expert of a group: all at once under `jax.vmap` (loop 'vmap', the default across devices) or
-one after another under `lax.map` ('map', the default on one device, where the batched
-convolutions were slower than the experts in turn: launch/results/benchmark_cpu.md on the CPU,
-launch/results/benchmark_gpu.md on an H200).
+one after another under `lax.map` ('map', the default on one device, where batched
+convolutions were slower than the experts in turn on a CPU and on a GPU: docs/performance.md).
 
 On disk (orbax, through `checkpointing`):
   experts/meta.json              num_params, epochs, and what the experts were trained on
@@ -41,6 +40,14 @@ class GSAM:
   rho: float = 0.01  # Perturbation radius (FTD keeps it constant: the lr is constant).
   alpha: float = 0.3  # Weight of the surrogate-gap (vertical) component.
   adaptive: bool = True  # ASAM-style perturbation scaled by |w|.
+
+  @classmethod
+  def from_config(cls, experts_config) -> GSAM | None:
+    """The config's GSAM settings when experts.optimizer is 'gsam', else None (plain SGD)."""
+    c = experts_config
+    if c.optimizer != "gsam":
+      return None
+    return cls(rho=c.gsam_rho, alpha=c.gsam_alpha, adaptive=c.gsam_adaptive)
 
 
 def gsam_gradient(loss_fn, params: jax.Array, g: jax.Array, cfg: GSAM) -> jax.Array:
@@ -166,22 +173,20 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
   if process_index == 0:
     _write_meta(root, meta)
   done = set(finished_experts(root)) if process_index == 0 else set()
+  trainer = lambda: make_group_trainer(network, x_train, y_train, lr=lr, batch_size=batch_size,
+                                       strategy=strategy, dsa_mode=dsa_mode, gsam=gsam,
+                                       loop=loop, mesh=mesh)
   if process_count > 1:
-    _train_in_rounds(network, x_train, y_train, x_test, y_test, root=root, done=done,
-                     num_experts=num_experts, epochs=epochs, parallel=parallel, seed=seed,
-                     image_shape=image_shape, save_epochs=save_epochs, mesh=mesh, log=log,
-                     process_index=process_index, process_count=process_count,
-                     trainer=lambda: _trainer(network, x_train, y_train, lr=lr,
-                                              batch_size=batch_size, strategy=strategy,
-                                              dsa_mode=dsa_mode, gsam=gsam, loop=loop,
-                                              mesh=mesh))
+    _train_in_rounds(network, x_test, y_test, root=root, done=done, num_experts=num_experts,
+                     epochs=epochs, parallel=parallel, seed=seed, image_shape=image_shape,
+                     save_epochs=save_epochs, log=log, process_index=process_index,
+                     process_count=process_count, trainer=trainer)
     return
   todo = [k for k in range(num_experts) if k not in done]
   if not todo:
     logging.info("experts: all %d already trained in %s", num_experts, root)
     return
-  train_group = _trainer(network, x_train, y_train, lr=lr, batch_size=batch_size,
-                         strategy=strategy, dsa_mode=dsa_mode, gsam=gsam, loop=loop, mesh=mesh)
+  train_group = trainer()
   for g in range(0, len(todo), parallel):
     group = todo[g:g + parallel]
     progress = checkpointing.StepCheckpoints(root / "in_progress", keep=1)
@@ -199,9 +204,11 @@ def _save_group(root: Path, group, traj: np.ndarray, last_epoch: int) -> None:
                                                    "final": traj[i, -1]})
 
 
-def _trainer(network: Network, x_train, y_train, *, lr, batch_size, strategy, dsa_mode, gsam,
-             loop, mesh):
-  """train_group(group, ...) -> its (len(group), epochs + 1, P) trajectory, resumable."""
+def make_group_trainer(network: Network, x_train, y_train, *, lr, batch_size, strategy,
+                       dsa_mode, gsam=None, loop="auto", mesh=None):
+  """Returns train_group(group, *, epochs, seed, image_shape, x_test, y_test, progress, log)
+  -> the group's (len(group), epochs + 1, P) trajectories; with `progress` (StepCheckpoints)
+  it saves every epoch and resumes from the last one saved."""
   loop = sharding.resolve_network_loop(loop, sharding.num_devices(mesh), "experts.loop")
   epoch_fn = make_train_epoch(network, lr=lr, batch_size=batch_size, num_train=len(x_train),
                               strategy=strategy, dsa_mode=dsa_mode, gsam=gsam, loop=loop)
@@ -240,7 +247,7 @@ def _trainer(network: Network, x_train, y_train, *, lr, batch_size, strategy, ds
         progress.save(ep + 1, {"ids": ids, "trajectory": traj})
       record = {"phase": "experts", "experts": list(group), "epoch": ep + 1,
                 "train_loss": float(np.mean(train_loss)), "seconds": round(time.time() - t0, 2)}
-      if ep + 1 == epochs or (ep + 1) % max(1, epochs // 5) == 0:
+      if x_test is not None and (ep + 1 == epochs or (ep + 1) % max(1, epochs // 5) == 0):
         record["test_acc"] = float(np.mean(acc_fn(params, x_test, y_test)))
       logging.info("experts %d-%d epoch %d/%d: loss %.4f%s (%.1fs)", group[0], group[-1],
                    ep + 1, epochs, record["train_loss"],
@@ -253,9 +260,8 @@ def _trainer(network: Network, x_train, y_train, *, lr, batch_size, strategy, ds
   return train_group
 
 
-def _train_in_rounds(network, x_train, y_train, x_test, y_test, *, root, done, num_experts,
-                     epochs, parallel, seed, image_shape, save_epochs, mesh, log,
-                     process_index, process_count, trainer):
+def _train_in_rounds(network, x_test, y_test, *, root, done, num_experts, epochs, parallel, seed,
+                     image_shape, save_epochs, log, process_index, process_count, trainer):
   """Several processes: in round r process i trains the (r P + i)-th missing group, then
   every group of the round is gathered to process 0, which saves it (orbax writes numpy
   trees from process 0 only). Process 0's `done` decides what is missing, for everyone."""

@@ -1,6 +1,6 @@
-"""Where metrics.jsonl's scalars also go: TensorBoard event files and Weights & Biases.
+"""A run's metrics: metrics.jsonl (`MetricsLog`), mirrored to TensorBoard and Weights & Biases.
 
-metrics.jsonl stays the record a run resumes from and the report reads; these writers only
+metrics.jsonl stays the record a run resumes from and the report reads; the writers only
 mirror its scalars for the dashboards people already use. Both are optional dependencies:
 TensorBoard files need tensorboardX (the `tensorboard` extra; no TensorFlow), wandb needs
 `pip install wandb` and `config.logging.wandb_project`.
@@ -8,10 +8,13 @@ TensorBoard files need tensorboardX (the `tensorboard` extra; no TensorFlow), wa
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 from absl import logging
+
+from datm_clr_jax import checkpointing
 
 # Distillation record fields drawn as scalars (the rest are bookkeeping: expert id, ...).
 DISTILL_SCALARS = ("loss", "l_tm", "l_contrast", "syn_lr", "grad_norm_images", "grad_norm_tm",
@@ -103,3 +106,34 @@ def make_writers(cfg, workdir: Path, run_config: dict) -> list:
     writers.append(WandbWriter(cfg.wandb_project, cfg.wandb_entity, Path(workdir).name,
                                run_config, Path(workdir)))
   return writers
+
+
+class MetricsLog:
+  """Appends JSON records to metrics.jsonl, and their scalars to each writer."""
+
+  def __init__(self, path: Path, writers=()):
+    self.path = Path(path)
+    self.writers = list(writers)
+
+  def __call__(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    got = scalars(record) if self.writers else None
+    for w in self.writers if got else ():
+      w.write(*got)
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+    self.writers = []
+
+  def records(self) -> list[dict]:
+    return checkpointing.read_jsonl(self.path)
+
+  def drop_after(self, phase: str, step: int) -> None:
+    """Removes records of `phase` past `step` (written after the checkpoint a run resumes)."""
+    if not self.path.exists():
+      return
+    keep = [r for r in self.records()
+            if not (r.get("phase") == phase and r.get("step", 0) > step)]
+    checkpointing.write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))

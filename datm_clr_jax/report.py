@@ -1,4 +1,4 @@
-"""The reproduction report: our results beside the published numbers (SPEC §9).
+"""The reproduction report: our results beside the published numbers (the paper's tables).
 
 `--mode=report --report_dirs=DIR[,DIR...]` reads every results.json under those folders and
 writes into --workdir: report.md, report.png, runs/<workdir name>.json (a copy of each
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from datm_clr_jax import checkpointing, visualize
+from datm_clr_jax.errors import ConfigError
 from datm_clr_jax.visualize import plt
 
-# SPEC §9: the DATM-CLR paper's Table 1 (ConvNet, mean, std), Table 2 and Table 3.
+# The DATM-CLR paper's Table 1 (ConvNet, mean, std), Table 2 and Table 3.
 SETTINGS = (("cifar10", 1), ("cifar10", 10), ("cifar10", 50), ("cifar100", 1), ("cifar100", 10),
             ("tiny", 1))
 PAPER = {
@@ -220,7 +221,7 @@ def build_report(results: list[dict]) -> str:
   """The report as markdown."""
   lines = ["# Reproduction report", "",
            "Ours: mean test accuracy (%) of the distilled set over evaluation seeds; with several "
-           "distillation runs, the mean +- std across runs. Paper: SPEC §9, as published. A "
+           "distillation runs, the mean +- std across runs. Paper: its Tables 1-3, as published. A "
            "reduced-protocol number is not a reproduction of the paper's number beside it.", ""]
   settings = all_settings(results)
   lines += ["## Table 1 shape (ConvNet)", "",
@@ -351,7 +352,7 @@ def write_report(dirs, out_dir) -> Path:
   out.mkdir(parents=True, exist_ok=True)
   missing = [d for d in dirs if not Path(d).exists()]
   if missing:
-    raise FileNotFoundError(f"report: no such folder(s) {missing}")
+    raise ConfigError(f"--report_dirs: no such folder(s) {missing}")
   results = load_results(dirs)
   images = save_images(results, out)
   text = build_report(results)

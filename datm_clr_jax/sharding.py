@@ -28,8 +28,7 @@ def resolve_network_loop(loop: str, num_devices: int, field: str) -> str:
   """'auto' -> 'map' on a single device, else 'vmap' (sharding over devices needs it).
 
   Batched convolutions (vmap over networks) were slower than the same networks in turn on
-  the CPU (launch/results/eval_seed_loop.md, launch/results/benchmark_cpu.md) and on an
-  H200 (launch/results/benchmark_gpu.md).
+  a CPU and on a GPU (docs/performance.md).
   `field` names the config field in the error.
   """
   if loop not in NETWORK_LOOPS:

@@ -26,12 +26,10 @@ and it refuses a cell whose recorded overrides are no longer the plan's.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import json
 import math
-import runpy
 import shutil
 from pathlib import Path
 
@@ -39,15 +37,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from datm_clr_jax import checkpointing
+from datm_clr_jax import checkpointing, config_file
+from datm_clr_jax.errors import StudyError
 
 _REPO = Path(__file__).resolve().parents[1]
 # Fields every arm must share: the experts and data are common to all cells.
 SHARED_PREFIXES = ("experts.", "data.", "seed")
-
-
-class StudyError(ValueError):
-  """A plan that cannot run; the message says what to fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,52 +93,9 @@ def load_plan(path) -> dict:
 
 
 def base_config(plan: dict) -> ml_collections.ConfigDict:
-  config_path = Path(plan["config"])
-  if not config_path.is_absolute():
-    config_path = _REPO / config_path
-  if not config_path.is_file():
-    raise StudyError(f"the plan's config {config_path} does not exist")
-  config = runpy.run_path(str(config_path))["get_config"]()
-  return apply_overrides(config, plan.get("overrides", []))
-
-
-def _parse_value(text: str, old):
-  if isinstance(old, bool):
-    if text.lower() in ("true", "false"):
-      return text.lower() == "true"
-    raise ValueError(f"expected True or False, got {text!r}")
-  if isinstance(old, str):
-    return text
-  value = ast.literal_eval(text)
-  if isinstance(old, float) and isinstance(value, int):
-    value = float(value)
-  if isinstance(old, tuple) and isinstance(value, (str, list)):
-    value = tuple(value) if isinstance(value, list) else (value,)
-  if type(value) is not type(old):
-    raise ValueError(f"expected a {type(old).__name__}, got {text!r}")
-  return value
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
-  """A copy of `config` with each 'a.b=value' (what follows --config. on a command line)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for o in overrides:
-    field, sep, text = o.partition("=")
-    if not sep:
-      raise StudyError(f"override {o!r} is not of the form field=value")
-    *parents, leaf = field.split(".")
-    node = config
-    for p in parents:
-      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-        raise StudyError(f"override {o!r}: the config has no section {p!r}")
-      node = node[p]
-    if leaf not in node:
-      raise StudyError(f"override {o!r}: the config has no field {field!r}")
-    try:
-      node[leaf] = _parse_value(text, node[leaf])
-    except (ValueError, SyntaxError) as e:
-      raise StudyError(f"override {o!r}: {e}") from None
-  return config
+  """The plan's config file (a path relative to the repository, or `path:variant`) with the
+  plan's common overrides."""
+  return config_file.load(plan["config"], plan.get("overrides", []))
 
 
 # ----------------------------------------------------------------------------- results
@@ -433,7 +385,7 @@ def code_commit() -> str | None:
 
 
 def cell_config(plan: dict, cell: Cell, root: Path, experts_dir: Path):
-  config = apply_overrides(base_config(plan), cell.overrides)
+  config = config_file.apply_overrides(base_config(plan), cell.overrides)
   config.seed = cell.seed
   config.experts.dir = str(experts_dir)
   config.data.cache_dir = str(root / "cache")
@@ -449,7 +401,7 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
   The plan's optional `experts_dir` (relative to the plan) holds the study's experts, so
   that cells run on other machines or days match the very same trajectories.
   """
-  from datm_clr_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from datm_clr_jax import checks, pipeline  # pylint: disable=import-outside-toplevel
 
   plan = load_plan(plan_path)
   plan_dir = Path(plan["_path"]).parent
@@ -460,7 +412,7 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
   # Every arm's config is built and validated before anything trains.
   for cell in planned_cells(plan, {}) + [Cell(a, 0, tuple(arm.get("overrides", [])))
                                          for a, arm in plan["arms"].items()]:
-    pipeline.validate_config(cell_config(plan, cell, root, experts_dir))
+    checks.validate_config(cell_config(plan, cell, root, experts_dir))
   done_cells = read_cells(results_dir)
   for name, rec in done_cells.items():
     if rec["arm"] not in plan["arms"]:

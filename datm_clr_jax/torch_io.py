@@ -2,7 +2,7 @@
 
 The reference (MTT/DATM) stores
   * expert buffers `replay_buffer_<k>.pt`: a list of trajectories, each a list of per-epoch
-    lists of tensors in `module.parameters()` order (SPEC §4);
+    lists of tensors in `module.parameters()` order;
   * synthetic sets `images_best.pt` (n, C, H, W) in ZCA space, `labels_best.pt` (n, classes)
     label logits (DATM) or (n,) class ids (MTT), `lr_best.pt` (a scalar tensor).
 
@@ -21,11 +21,8 @@ from pathlib import Path
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from datm_clr_jax.errors import TorchIOError
 from datm_clr_jax.models import Network
-
-
-class TorchIOError(ValueError):
-  """A PyTorch file that does not fit the configured model or dataset."""
 
 
 def require_torch():
@@ -125,14 +122,6 @@ def load_replay_buffer(path, network: Network) -> np.ndarray:
       raise TorchIOError(f"{path}: trajectory {k} has {trajs[-1].shape[0]} snapshots, "
                          f"trajectory 0 has {trajs[0].shape[0]}")
   return np.stack(trajs)
-
-
-def save_replay_buffer(path, network: Network, trajectories) -> None:
-  """Writes trajectories (K, T, P) in the reference's buffer format (for tests and export)."""
-  torch = require_torch()
-  buffer = [[[torch.from_numpy(a) for a in flat_to_torch_list(network, snap)] for snap in traj]
-            for traj in np.asarray(trajectories)]
-  torch.save(buffer, Path(path))
 
 
 def load_reference_synset(directory, *, num_classes: int) -> dict:

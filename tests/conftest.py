@@ -3,7 +3,6 @@
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(ROOT))
 
 # Compilation dominates the tiny tests, and many compile identical functions again (each
 # pipeline.Run jits its own step; the command-line tests start fresh processes). A persistent
@@ -39,25 +37,8 @@ def tiny_images():
 
 
 def tiny_config(workdir_name: str = "tiny"):
-  """The quickstart config shrunk to seconds: 8x8 digits, width 8, N=2."""
+  """configs/quickstart.py:tiny, the quickstart shrunk to seconds, under another name."""
   import runpy
-  config = runpy.run_path(str(ROOT / "configs" / "quickstart.py"))["get_config"]()
+  config = runpy.run_path(str(ROOT / "configs" / "quickstart.py"))["get_config"]("tiny")
   config.name = workdir_name
-  config.data.image_size = 8
-  config.dsa.strategy = "color_crop_flip"  # Cheap ops: XLA compile time dominates tiny tests.
-  config.model.width = 8
-  config.model.depth = 1
-  config.experts.num_experts = 2
-  config.experts.epochs = 3
-  config.experts.batch_size = 128
-  config.experts.parallel = 2
-  config.distill.iterations = 4
-  config.distill.num_inner_steps = 2
-  config.distill.max_start_epoch = 2
-  config.distill.current_max_start_epoch = 2
-  config.distill.log_every = 1
-  config.distill.checkpoint_every = 2
-  config.clr.proj_dim = 8
-  config.eval.num_eval = 2
-  config.eval.epochs = 4
   return config

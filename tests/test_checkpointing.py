@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from datm_clr_jax import checkpointing, distill, experts, models, pipeline
+from datm_clr_jax import checkpointing, experts, models, pipeline, step
 
 
 def test_json_is_replaced_whole(tmp_path):
@@ -46,15 +46,15 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
 
 
 def test_distill_state_round_trip(tmp_path):
-  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-5, lr_y=2.0)
+  opt = step.OuterOptim(lr_img=1.0, lr_lr=1e-5, lr_y=2.0)
   rng = np.random.default_rng(0)
-  state = distill.init_state(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 4)), 0.02, opt)
+  state = step.init_state(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 4)), 0.02, opt)
   state = state.replace(iteration=jnp.int32(5))
   ckpt = checkpointing.StepCheckpoints(tmp_path / "d", keep=2)
   ckpt.save(5, state)
-  template = distill.init_state(np.zeros((4, 8, 8, 3)), np.zeros((4, 4)), 0.01, opt)
-  step, got = ckpt.restore_latest(template)
-  assert step == 5
+  template = step.init_state(np.zeros((4, 8, 8, 3)), np.zeros((4, 4)), 0.01, opt)
+  done, got = ckpt.restore_latest(template)
+  assert done == 5
   for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(got)):
     np.testing.assert_array_equal(a, b)
   # A corrupt newest step falls back, loudly, to the previous one.
@@ -62,8 +62,8 @@ def test_distill_state_round_trip(tmp_path):
   for f in (tmp_path / "d" / "6").rglob("*"):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"x")
-  step, _ = ckpt.restore_latest(template)
-  assert step == 5
+  done, _ = ckpt.restore_latest(template)
+  assert done == 5
   ckpt.close()
 
 

@@ -10,9 +10,7 @@ import numpy as np
 
 from conftest import ROOT
 from datm_clr_jax import checkpointing, experts
-from test_main import TINY_FLAGS
-
-FLAGS = ["--config=configs/quickstart.py", *TINY_FLAGS, "--config.experts.parallel=1",
+FLAGS = ["--config=configs/quickstart.py:tiny", "--config.experts.parallel=1",
          "--config.eval.random_real=True", "--config.eval.progress_every=0"]
 
 

@@ -1,4 +1,4 @@
-"""launch/gpu_carry.py: what travels to a lent device comes back byte for byte, within the limit."""
+"""launch/gpu/carry.py: what travels to a lent device comes back byte for byte, within the limit."""
 
 import importlib.util
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("gpu_carry", ROOT / "launch" / "gpu_carry.py")
+spec = importlib.util.spec_from_file_location("gpu_carry", ROOT / "launch" / "gpu" / "carry.py")
 gpu_carry = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_carry)
 
@@ -71,10 +71,10 @@ def test_pack_refuses_over_the_limit_and_without_data(tmp_path):
 
 
 def _unpack_carry(cwd, py):
-  """launch/gpu_lib.sh's unpack_carry in cwd with PY=py; returns (rc, phases.txt)."""
+  """launch/gpu/lib.sh's unpack_carry in cwd with PY=py; returns (rc, phases.txt)."""
   out = cwd / "out"
   out.mkdir(exist_ok=True)
-  script = f'PY={py} OUT={out} LOG={out}/log; source {ROOT}/launch/gpu_lib.sh; unpack_carry'
+  script = f'PY={py} OUT={out} LOG={out}/log; source {ROOT}/launch/gpu/lib.sh; unpack_carry'
   rc = subprocess.run(["bash", "-c", script], cwd=cwd).returncode
   phases = out / "phases.txt"
   return rc, phases.read_text() if phases.exists() else ""

@@ -1,7 +1,6 @@
-"""The command line: a tiny end-to-end run, every config file, and bad input."""
+"""The command line: one end-to-end run as a user starts it, every config file, bad input."""
 
 import json
-import re
 import runpy
 import subprocess
 import sys
@@ -10,34 +9,34 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from datm_clr_jax import pipeline, torch_io
+from datm_clr_jax import __main__ as cli_main
+from datm_clr_jax import checks, errors, outside, results, torch_io
 
-TINY_FLAGS = [f"--config.{k}={v}" for k, v in {
-    "data.image_size": 8, "model.width": 8, "model.depth": 1, "experts.num_experts": 2,
-    "experts.epochs": 3, "experts.batch_size": 128, "experts.parallel": 2,
-    "distill.iterations": 3, "distill.num_inner_steps": 2, "distill.max_start_epoch": 2,
-    "distill.current_max_start_epoch": 2, "distill.log_every": 1, "clr.proj_dim": 8,
-    "eval.num_eval": 2, "eval.epochs": 4, "dsa.strategy": "color_crop_flip"}.items()]
+TINY = "--config=configs/quickstart.py:tiny"
 
 
-def _main(*args, timeout=600):
-  return subprocess.run([sys.executable, "-m", "datm_clr_jax", *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
+def _main(*args):
+  """The command line in this process: its exit status."""
+  return cli_main.main(["datm_clr_jax", *args])
 
 
-def test_main_writes_every_output(tmp_path):
-  out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", *TINY_FLAGS)
+def test_command_line_end_to_end(tmp_path, capsys):
+  """`python -m datm_clr_jax` as a user starts it (the only test in its own process), then
+  the export of its set, and that set evaluated as an outside set gives the same numbers."""
+  out = subprocess.run([sys.executable, "-m", "datm_clr_jax", TINY, f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
   for name in ("config.json", "metrics.jsonl", "syn_images.png", "results.json", "syn_set.npz",
                "curves.png"):
     assert (tmp_path / name).exists(), name
   assert any((tmp_path / "experts").glob("expert_*"))
   assert any((tmp_path / "distill").iterdir())
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert results["dataset"] == "digits" and results["ipc"] == 1
-  assert results["method"] == "datm_clr"
+  res = json.loads((tmp_path / "results.json").read_text())
+  assert res["dataset"] == "digits" and res["ipc"] == 1
+  assert res["method"] == "datm_clr"
   for key in ("distilled", "random_real"):
-    r = results[key]["convnet"]
+    r = res[key]["convnet"]
     assert len(r["runs"]) == 2 and 0 <= r["mean"] <= 100 and r["std"] >= 0
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert {r["phase"] for r in records} == {"experts", "distill", "evaluate"}
@@ -50,30 +49,28 @@ def test_main_writes_every_output(tmp_path):
     assert "evaluate/distilled/convnet/mean" in tb and "experts/0-1/train_loss" in tb
   assert "accuracy" in out.stdout  # the printed table
   # Export, then evaluate the exported set as an outside set: the same numbers come back.
-  export = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=export",
-                 *TINY_FLAGS)
-  assert export.returncode == 0, export.stderr[-3000:]
+  assert _main(TINY, f"--workdir={tmp_path}", "--mode=export") == 0
   with np.load(tmp_path / "export" / "syn_set.npz") as f:
     assert str(f["normalisation"]) == "zca" and f["zca_whiten"].shape == (64, 64)
-    assert int(f["iteration"]) == 3 and f["syn_images"].shape == (10, 8, 8, 1)
+    assert int(f["iteration"]) == 4 and f["syn_images"].shape == (10, 8, 8, 1)
     exported = {k: f[k] for k in ("syn_images", "syn_labels", "syn_lr")}
   if (tmp_path / "export" / "torch").exists():  # the optional torch extra is installed
     ref = torch_io.load_reference_synset(tmp_path / "export" / "torch", num_classes=10)
     np.testing.assert_array_equal(ref["syn_images"], exported["syn_images"])
     np.testing.assert_array_equal(ref["syn_labels"], exported["syn_labels"])
-  again = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=evaluate",
-                "--config.eval.random_real=false",
-                f"--config.eval.synset={tmp_path / 'export' / 'syn_set.npz'}", *TINY_FLAGS)
-  assert again.returncode == 0, again.stderr[-3000:]
+  assert _main(TINY, f"--workdir={tmp_path}", "--mode=evaluate",
+               "--config.eval.random_real=false",
+               f"--config.eval.synset={tmp_path / 'export' / 'syn_set.npz'}") == 0
   external = json.loads((tmp_path / "results_external.json").read_text())
   assert external["method"] == "external"
-  assert external["distilled"]["convnet"]["runs"] == results["distilled"]["convnet"]["runs"]
+  assert external["distilled"]["convnet"]["runs"] == res["distilled"]["convnet"]["runs"]
 
 
 def test_outside_synset_that_does_not_fit_is_refused(tmp_path):
-  run = pipeline.Run(tiny_config(), str(tmp_path))  # 8x8 digits, 10 classes
   good = dict(syn_images=np.zeros((10, 8, 8, 1), np.float32),
               syn_labels=np.zeros((10, 10), np.float32), syn_lr=0.01, normalisation="zca")
+  load = lambda path: outside.load_outside_set(path, num_classes=10, image_shape=(8, 8, 1),
+                                               zca=True, source="digits")
   for name, change, message in [
       ("size", {"syn_images": np.zeros((10, 16, 16, 1), np.float32)}, "data.image_size"),
       ("classes", {"syn_labels": np.zeros((10, 7), np.float32)}, r"expected \(10, 10\)"),
@@ -81,10 +78,10 @@ def test_outside_synset_that_does_not_fit_is_refused(tmp_path):
       ("nan", {"syn_lr": np.nan}, "NaN"),
   ]:
     np.savez(tmp_path / f"{name}.npz", **{**good, **change})
-    with pytest.raises(pipeline.ConfigError, match=message):
-      run.external_synset(str(tmp_path / f"{name}.npz"))
-  with pytest.raises(pipeline.ConfigError, match="expected an exported .npz"):
-    run.external_synset(str(tmp_path / "missing.npz"))
+    with pytest.raises(errors.ConfigError, match=message):
+      load(str(tmp_path / f"{name}.npz"))
+  with pytest.raises(errors.ConfigError, match="expected an exported .npz"):
+    load(str(tmp_path / "missing.npz"))
 
 
 def _has_wandb():
@@ -117,51 +114,50 @@ BAD_INPUTS = [  # (flags, what the one line must say); {f} is a file, not a fold
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=lambda v: str(v)[:40])
-def test_bad_input_is_refused_in_one_line_before_any_work(tmp_path, args, message):
-  """A non-zero exit, exactly one line on stderr that says what to do, and nothing trained."""
+def test_bad_input_is_refused_in_one_line_before_any_work(tmp_path, capsys, args, message):
+  """Exit status 2, one line on stderr that says what to do, and nothing trained."""
   a_file = tmp_path / "a_file"
   a_file.write_text("")
   workdir = tmp_path / "run"
-  out = _main("--config=configs/quickstart.py", f"--workdir={workdir}",
-              *[a.format(f=a_file) for a in args], timeout=120)
-  assert out.returncode != 0
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
+  capsys.readouterr()
+  assert _main("--config=configs/quickstart.py", f"--workdir={workdir}",
+               *[a.format(f=a_file) for a in args]) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
   assert message in lines[0]
   assert not (workdir / "experts").exists()
 
 
-def test_a_data_dependent_error_comes_before_the_experts(tmp_path):
-  out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}",
-              "--config.distill.ipc=1000", timeout=120)
-  assert out.returncode == 2 and "Traceback" not in out.stderr
-  # Log lines (absl's "I1201 ..." records) come first; the error is the one other line.
-  other = [l for l in out.stderr.splitlines() if l and not re.match(r"[IWEF]\d{4} ", l)]
-  assert len(other) == 1 and "exceeds" in other[0], out.stderr[-2000:]
+def test_a_data_dependent_error_comes_before_the_experts(tmp_path, capsys):
+  assert _main(TINY, f"--workdir={tmp_path}", "--config.distill.ipc=1000") == 2
+  errs = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error: ")]
+  assert len(errs) == 1 and "exceeds" in errs[0], errs
   assert not any((tmp_path / "experts").glob("expert_*"))
 
 
-def test_evaluate_without_distillation_says_what_to_do(tmp_path):
-  out = _main(f"--workdir={tmp_path}", "--mode=evaluate", timeout=120)
-  assert out.returncode == 2 and "--mode=distill" in out.stderr
+def test_evaluate_without_distillation_says_what_to_do(tmp_path, capsys):
+  assert _main(f"--workdir={tmp_path}", "--mode=evaluate") == 2
+  assert "--mode=distill" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
 def test_every_config_loads_and_validates(path):
-  config = runpy.run_path(str(path))["get_config"]()
-  pipeline.validate_config(config)
-  assert config.name
+  get_config = runpy.run_path(str(path))["get_config"]
+  variants = {"quickstart.py": ["tiny"], "cifar10_r1.py": ["first_built"]}.get(path.name, [])
+  for config in [get_config()] + [get_config(v) for v in variants]:
+    checks.validate_config(config)
+    assert config.name
 
 
 def test_incompatible_settings_are_named():
   config = tiny_config()
   config.distill.max_start_epoch = 10
-  with pytest.raises(pipeline.ConfigError, match="max_start_epoch"):
-    pipeline.validate_config(config)
+  with pytest.raises(errors.ConfigError, match="max_start_epoch"):
+    checks.validate_config(config)
   config = tiny_config()
   config.model.norm = "batch"
-  with pytest.raises(pipeline.ConfigError, match="model.norm"):
-    pipeline.validate_config(config)
+  with pytest.raises(errors.ConfigError, match="model.norm"):
+    checks.validate_config(config)
   for field, value, message in [("experts.optimizer", "adam", "experts.optimizer"),
                                 ("experts.save_epochs", 9, "save_epochs"),
                                 ("distill.select", "test", "distill.select"),
@@ -171,20 +167,20 @@ def test_incompatible_settings_are_named():
                                 ("eval.progress_every", -1, "eval.progress_every")]:
     config = tiny_config()
     config[field.split(".")[0]][field.split(".")[1]] = value
-    with pytest.raises(pipeline.ConfigError, match=message):
-      pipeline.validate_config(config)
+    with pytest.raises(errors.ConfigError, match=message):
+      checks.validate_config(config)
   config = tiny_config()
   config.experts.import_dir, config.experts.optimizer = "/buffers", "gsam"
-  with pytest.raises(pipeline.ConfigError, match="experts.import_dir.*experts.optimizer"):
-    pipeline.validate_config(config)
+  with pytest.raises(errors.ConfigError, match="experts.import_dir.*experts.optimizer"):
+    checks.validate_config(config)
   config = tiny_config()
   config.distill.select, config.eval.synset = "val", "/x.npz"
-  with pytest.raises(pipeline.ConfigError, match="distill.select.*eval.synset"):
-    pipeline.validate_config(config)
+  with pytest.raises(errors.ConfigError, match="distill.select.*eval.synset"):
+    checks.validate_config(config)
   config = tiny_config()
   config.distill.remat, config.distill.remat_convs = False, True
-  with pytest.raises(pipeline.ConfigError, match="remat_convs.*distill.remat=True"):
-    pipeline.validate_config(config)
+  with pytest.raises(errors.ConfigError, match="remat_convs.*distill.remat=True"):
+    checks.validate_config(config)
 
 
 def test_a_second_evaluation_adds_architectures_of_the_same_set(tmp_path):
@@ -194,10 +190,10 @@ def test_a_second_evaluation_adds_architectures_of_the_same_set(tmp_path):
   conv = {"convnet": {"mean": 40.0, "std": 1.0, "runs": [39.0, 41.0]}}
   res = {"resnet18": {"mean": 30.0, "std": 2.0, "runs": [28.0, 32.0]}}
   path.write_text(json.dumps({**base, "distilled": conv, "random_real": conv}))
-  merged = pipeline.merge_archs(path, {**base, "distilled": dict(res)})
+  merged = results.merge_archs(path, {**base, "distilled": dict(res)})
   assert merged["distilled"] == {**conv, **res} and merged["random_real"] == conv
   # A different set (another syn_lr) or an unreadable file is replaced, never mixed in.
-  other = pipeline.merge_archs(path, {**base, "syn_lr": 0.02, "distilled": dict(res)})
+  other = results.merge_archs(path, {**base, "syn_lr": 0.02, "distilled": dict(res)})
   assert other["distilled"] == res and "random_real" not in other
   path.write_text("{truncated")
-  assert pipeline.merge_archs(path, {**base, "distilled": dict(res)})["distilled"] == res
+  assert results.merge_archs(path, {**base, "distilled": dict(res)})["distilled"] == res

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config
-from datm_clr_jax import metric_writers, pipeline
+from datm_clr_jax import errors, metric_writers, pipeline
 
 try:
   from tensorboardX.proto import event_pb2
@@ -50,7 +50,7 @@ def test_scalars_of_each_phase():
 
 @pytest.mark.skipif(event_pb2 is None, reason="tensorboardX (the tensorboard extra) missing")
 def test_tensorboard_files_hold_what_was_logged(tmp_path):
-  log = pipeline.MetricsLog(tmp_path / "metrics.jsonl",
+  log = metric_writers.MetricsLog(tmp_path / "metrics.jsonl",
                             [metric_writers.TensorBoardWriter(tmp_path / "tb")])
   for step in (10, 20):
     log({"phase": "distill", "step": step, "l_tm": 1.0 / step, "status": "accepted"})
@@ -66,7 +66,7 @@ def test_wandb_is_checked_before_any_work_and_gets_the_scalars(tmp_path, monkeyp
   config.logging.wandb_project = "datm"
   config.logging.tensorboard = False
   monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
-  with pytest.raises(pipeline.ConfigError, match="needs wandb: pip install wandb"):
+  with pytest.raises(errors.ConfigError, match="needs wandb: pip install wandb"):
     pipeline.Run(config, str(tmp_path / "a"))
   assert not (tmp_path / "a").exists()
 

@@ -1,12 +1,10 @@
 """The reproduction report: our numbers beside the paper's, 'not run' where we have none."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 
-from conftest import ROOT
+from datm_clr_jax import __main__ as cli_main
 from datm_clr_jax import report
 
 
@@ -76,7 +74,7 @@ def test_tables_2_and_3_keep_protocols_apart(tmp_path):
   assert "[2] reduced: width 32, 5 experts" in text
 
 
-def test_report_command_writes_markdown_and_figure(tmp_path, monkeypatch):
+def test_report_command_writes_markdown_and_figure(tmp_path, monkeypatch, capsys):
   write(tmp_path / "runs", "a", fake_result("datm_clr", 30.0))
   np.savez(tmp_path / "runs" / "a" / "syn_set.npz", syn_images_pixels=np.ones((10, 8, 8, 3)),
            class_names=np.array([f"c{i}" for i in range(10)]))
@@ -87,10 +85,8 @@ def test_report_command_writes_markdown_and_figure(tmp_path, monkeypatch):
   np.savez(tmp_path / "runs" / "b" / "syn_set.npz", other=np.ones(3))  # not ours: no picture row
   (tmp_path / "runs" / "b" / "metrics.jsonl").write_text(  # experts only: no curve of its own
       json.dumps({"phase": "experts", "epoch": 1, "train_loss": 2.0}) + "\n")
-  out = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
-                        f"--report_dirs={tmp_path / 'runs'}", f"--workdir={tmp_path / 'rep'}"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
-  assert out.returncode == 0, out.stderr[-2000:]
+  assert cli_main.main(["datm_clr_jax", "--mode=report", f"--report_dirs={tmp_path / 'runs'}",
+                        f"--workdir={tmp_path / 'rep'}"]) == 0
   assert (tmp_path / "rep" / "report.md").exists() and (tmp_path / "rep" / "report.png").exists()
   assert (tmp_path / "rep" / "images_cifar10_ipc1.png").exists()
   text = (tmp_path / "rep" / "report.md").read_text()
@@ -104,10 +100,9 @@ def test_report_command_writes_markdown_and_figure(tmp_path, monkeypatch):
   assert drawn == [["DATM-CLR, a"]]  # b logged no distillation: not in the overlay
   assert (json.loads((tmp_path / "rep" / "runs" / "a.json").read_text())["distilled"]
           == fake_result("datm_clr", 30.0)["distilled"])
-  bad = subprocess.run([sys.executable, "-m", "datm_clr_jax", "--mode=report",
-                        "--report_dirs=/no/such/dir"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
-  assert bad.returncode == 2 and "no such folder" in bad.stderr
+  capsys.readouterr()
+  assert cli_main.main(["datm_clr_jax", "--mode=report", "--report_dirs=/no/such/dir"]) == 2
+  assert "no such folder" in capsys.readouterr().err
 
 
 def test_protocol_label_names_short_expert_trajectories():

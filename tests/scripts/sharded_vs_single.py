@@ -5,19 +5,17 @@ sharded over 4, and exits non-zero if any result differs beyond float reassociat
 """
 
 import os
-import sys
 import tempfile
 
 # Appended, not replaced: the test suite's own flags (tests/conftest.py) come through.
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=4"]).strip()
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from datm_clr_jax import distill, evaluate, experts, models, sharding  # noqa: E402
+from datm_clr_jax import evaluate, experts, models, sharding, step  # noqa: E402
 
 assert len(jax.devices()) == 4, jax.devices()
 mesh = sharding.device_mesh()
@@ -46,22 +44,22 @@ np.testing.assert_allclose(accs[1], accs[0], atol=1e-9)
 
 # Distillation: 8 synthetic images, minibatches of 4 split over the 4 devices. remat_convs:
 # the contrastive views are drawn for both inner steps before the scan, the CE view in each.
-step_cfg = distill.StepConfig(num_inner_steps=2, expert_epochs=1, min_start_epoch=0, batch_syn=4,
+step_cfg = step.StepConfig(num_inner_steps=2, expert_epochs=1, min_start_epoch=0, batch_syn=4,
                               threshold=10.0, proj_dim=6, strategy="color_crop_flip",
                               remat_convs=True)
-opt = distill.OuterOptim(lr_img=10.0, lr_lr=1e-4, lr_y=1.0)
-feat = distill.feature_dim(net, shape)
+opt = step.OuterOptim(lr_img=10.0, lr_lr=1e-4, lr_y=1.0)
+feat = models.feature_dim(net, shape)
 syn_classes = np.repeat(np.arange(classes), 2)
-state0 = distill.init_state(x[:8], rng.normal(size=(8, classes)).astype(np.float32), 0.01, opt)
+state0 = step.init_state(x[:8], rng.normal(size=(8, classes)).astype(np.float32), 0.01, opt)
 traj = jnp.asarray(trajs[0])
 finals = []
 for m in (None, mesh):
-  step = distill.make_distill_step(net, step_cfg, opt, syn_classes, feat, m)
+  step_fn = step.make_distill_step(net, step_cfg, opt, syn_classes, feat, m)
   state = sharding.shard_leading(state0, m)
   t = sharding.replicate(traj, m)
   for it in range(2):
-    state, metrics = step(state, t, jnp.asarray(2, jnp.int32), jax.random.PRNGKey(it))
-    assert int(metrics["status"]) == distill.ACCEPTED, metrics
+    state, metrics = step_fn(state, t, jnp.asarray(2, jnp.int32), jax.random.PRNGKey(it))
+    assert int(metrics["status"]) == step.ACCEPTED, metrics
   if m is not None:  # the synthetic set really lives split over the 4 devices
     assert not state.syn_images.sharding.is_fully_replicated, state.syn_images.sharding
   finals.append(jax.device_get(state))

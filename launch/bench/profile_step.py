@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,8 +46,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 
 import jax  # pylint: disable=wrong-import-position
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark  # pylint: disable=wrong-import-position
+from launch.bench import benchmark, timing  # pylint: disable=wrong-import-position
 
 
 def source_lines(hlo_text: str) -> dict[str, str]:
@@ -214,7 +212,7 @@ def print_flops(compiled, top: int):
   flops = matmul_flops(compiled.as_text())
   total = sum(flops.values())
   print(f"dot and convolution: {total / 1e9:.3f} GFLOP (XLA's cost analysis, all ops: "
-        f"{benchmark.cost_flops(compiled) / 1e9:.3f})")
+        f"{timing.cost_flops(compiled) / 1e9:.3f})")
   print(f"{'MFLOP':>9s} {'share':>6s}  op path")
   for path, f in flops.most_common(top):
     print(f"{f / 1e6:9.1f} {f / total:6.1%}  {path}")

@@ -8,8 +8,8 @@
   python launch/benchmark_conv.py --winograd   # Winograd F(2x2,3x3) from XLA ops vs XLA's conv
 
 Prints one table: compile time and steady-state time per call of a conv weight-gradient,
-alone and inside an 8-step fori_loop, for each models.CONV_IMPLS entry, side by side, with
-ratios to XLA's. It is the measurement behind models.resolve_conv_impl's CPU choice.
+alone and inside an 8-step fori_loop, for each kernels.CONV_IMPLS entry, side by side, with
+ratios to XLA's. It is the measurement behind kernels.resolve_conv_impl's CPU choice.
 """
 
 import time
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datm_clr_jax import models
+from datm_clr_jax import kernels, models
 
 
 def timeit(f, *args, reps=5):
@@ -38,7 +38,7 @@ def main():
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 32)) * 0.05
   rows = []
   for impl in ("xla", "im2col", "hybrid"):
-    g = jax.grad(lambda w, x, impl=impl: jnp.sum(models.conv2d(x, w, 1, impl) ** 2))
+    g = jax.grad(lambda w, x, impl=impl: jnp.sum(kernels.conv2d(x, w, 1, impl) ** 2))
     once = timeit(g, w, x)
     loop = timeit(lambda w, x: jax.lax.fori_loop(0, 8, lambda i, w: w - 1e-4 * g(w, x), w),
                   w, x)
@@ -76,7 +76,7 @@ def vs_torch():
     print(f"{f'{m} x {k} x {n}':22s} {gflop / tj:12.1f} {gflop / tt:16.1f}")
   x, w = jnp.ones((10, 16, 16, 128)), jnp.full((3, 3, 128, 128), 0.01)
   def conv_grad(impl):
-    return jax.jit(jax.grad(lambda w, x: jnp.sum(models.conv2d(x, w, 1, impl) ** 2), (0, 1)))
+    return jax.jit(jax.grad(lambda w, x: jnp.sum(kernels.conv2d(x, w, 1, impl) ** 2), (0, 1)))
 
   grads = {impl: conv_grad(impl) for impl in ("im2col", "hybrid")}
   xt = torch.ones(10, 128, 16, 16, requires_grad=True)
@@ -106,26 +106,26 @@ def _per_call(f, *args, reps=10):
 def kernel_grad():
   """The hybrid conv's weight gradient at the CIFAR ConvNet's layer shapes, both ways.
 
-  One im2col matmul over the (B*H*W, 9*Cin) patch matrix against models._kernel_grad, which
+  One im2col matmul over the (B*H*W, 9*Cin) patch matrix against kernels._kernel_grad, which
   takes one matmul per kernel tap for Cin >= 16 (and the im2col matmul below that).
   """
   # pylint: disable=protected-access
-  im2col = lambda x, dy: jnp.einsum("bhwk,bhwo->ko", models._patches(x, 3, 3, 1), dy)
+  im2col = lambda x, dy: jnp.einsum("bhwk,bhwo->ko", kernels._patches(x, 3, 3, 1), dy)
   print(f"backend: {jax.default_backend()}")
   print(f"{'x (B,H,W,Cin)':18s} {'im2col ms':>10s} {'_kernel_grad ms':>16s} {'ratio':>7s}")
   for b, h, cin in [(10, 16, 128), (10, 8, 128), (100, 16, 128), (100, 8, 128), (10, 32, 3)]:
     x = jax.random.normal(jax.random.PRNGKey(0), (b, h, h, cin))
     dy = jax.random.normal(jax.random.PRNGKey(1), (b, h, h, 128))
     t_im = _per_call(im2col, x, dy)
-    t_kg = _per_call(lambda x, dy: models._kernel_grad(x, dy, 1, 3, 3), x, dy)
+    t_kg = _per_call(lambda x, dy: kernels._kernel_grad(x, dy, 1, 3, 3), x, dy)
     print(f"{str((b, h, h, cin)):18s} {t_im * 1e3:10.2f} {t_kg * 1e3:16.2f} "
           f"{t_im / t_kg:6.2f}x")
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016) written with XLA ops: 16 batched matmuls on 4x4
 # input tiles at stride 2 replace the 9 taps, 2.25x fewer multiplies. Kept here, not in
-# models.py: on XLA:CPU the tile transforms cost more than the multiplies they save
-# (launch/results/benchmark_cpu.md, "Width-128 convolutions").
+# kernels.py: on XLA:CPU the tile transforms cost more than the multiplies they save
+# (docs/performance.md).
 
 
 def _winograd_rows(a, axis: int, n: int) -> list:
@@ -178,12 +178,12 @@ def winograd():
     x = jax.random.normal(jax.random.PRNGKey(0), (b, h, h, c))
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, c)) / np.sqrt(9 * c)
     # pylint: disable=protected-access
-    ref = models._xla_conv(x, k, 1)
+    ref = kernels._xla_conv(x, k, 1)
     err = float(jnp.max(jnp.abs(winograd_conv(x, k) - ref)) / jnp.max(jnp.abs(ref)))
     assert err < 1e-5, err
     v, u = winograd_input(x), winograd_kernel(k)
     m = jnp.einsum("pnc,pco->pno", v, u)
-    t = [_per_call(lambda x, k: models._xla_conv(x, k, 1), x, k), _per_call(winograd_conv, x, k),
+    t = [_per_call(lambda x, k: kernels._xla_conv(x, k, 1), x, k), _per_call(winograd_conv, x, k),
          _per_call(winograd_input, x), _per_call(winograd_kernel, k),
          _per_call(lambda v, u: jnp.einsum("pnc,pco->pno", v, u), v, u),
          _per_call(lambda v, u: v.reshape(-1, c) @ u[0], v, u),
@@ -196,7 +196,7 @@ def tiny_maps():
   """Forward 3x3 convolutions as VGG11 and ResNet18 meet them at 32 px, down to 1x1 maps.
 
   XLA:CPU's convolution is far slower than the im2col matmul on the smallest maps, so the
-  hybrid conv takes im2col there (models._IM2COL_MAX_PIXELS); this table is the measurement
+  hybrid conv takes im2col there (kernels._IM2COL_MAX_PIXELS); this table is the measurement
   behind that threshold. PyTorch's convolution beside them when torch is installed.
   """
   # pylint: disable=protected-access
@@ -205,7 +205,7 @@ def tiny_maps():
   except ImportError:
     torch = None
   print(f"backend: {jax.default_backend()}; threshold: maps of <= "
-        f"{models._IM2COL_MAX_PIXELS} pixels take im2col under 'hybrid'")
+        f"{kernels._IM2COL_MAX_PIXELS} pixels take im2col under 'hybrid'")
   print(f"{'batch':>5s} {'map':>5s} {'Cin->Cout':>10s} {'xla ms':>9s} {'im2col ms':>10s} "
         f"{'hybrid ms':>10s} {'xla/im2col':>11s} {'PyTorch ms':>11s}")
   for b in (500, 10):
@@ -213,7 +213,7 @@ def tiny_maps():
                           (8, 256, 256), (8, 128, 256)]:
       x = jax.random.normal(jax.random.PRNGKey(0), (b, hw, hw, cin))
       w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout)) * 0.01
-      t = {impl: _per_call(lambda x, w, impl=impl: models.conv2d(x, w, 1, impl), x, w, reps=3)
+      t = {impl: _per_call(lambda x, w, impl=impl: kernels.conv2d(x, w, 1, impl), x, w, reps=3)
            for impl in ("xla", "im2col", "hybrid")}
       pt = "-"
       if torch is not None:
@@ -255,13 +255,13 @@ def norm():
     rows.append((f"{name} forward+backward",
                  jax.grad(lambda x, fwd=fwd: jnp.sum(jnp.sin(fwd(x)))), (a,)))
   # Second order, as trajectory matching takes it: JAX's derivative of JAX's derivative of the
-  # formula against its derivative of models.instance_norm's written-out VJP.
+  # formula against its derivative of kernels.instance_norm's written-out VJP.
   # pylint: disable=protected-access
-  plain = lambda x, s, b: models._instance_norm_fwd(x, s, b, 1e-5)[0]  # same formula
+  plain = lambda x, s, b: kernels._instance_norm_fwd(x, s, b, 1e-5)[0]  # same formula
 
   ones, zeros = jnp.ones(shape[-1]), jnp.zeros(shape[-1])
   for name, fn in (("formula, autodiff", plain),
-                   ("models.instance_norm", lambda x, s, b: models.instance_norm(x, s, b, 1e-5))):
+                   ("kernels.instance_norm", lambda x, s, b: kernels.instance_norm(x, s, b, 1e-5))):
     inner = jax.grad(lambda x, s, fn=fn: jnp.sum(jnp.sin(fn(x, s, zeros)) * b), (0, 1))
     rows.append((f"{name}: grad of grad",
                  jax.grad(lambda x, s, inner=inner: jnp.sum(jnp.cos(inner(x, s)[0]))

@@ -1,4 +1,5 @@
-"""The benchmark harness's own arithmetic: FLOP counts and out-of-memory cells."""
+"""The measurement harnesses (launch/bench): their arithmetic, their PyTorch renderings, the
+revision they compare against, and K runs in one program against K separate runs."""
 
 import os
 import sys
@@ -6,18 +7,18 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "launch"))
-import benchmark  # noqa: E402
+from datm_clr_jax import step
+from launch.bench import benchmark, parallel, timing
+from test_step import CLASSES, _setup
 
 
 def test_cost_flops_counts_a_matmul():
   a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
   compiled = jax.jit(jnp.matmul).lower(a, b).compile()
-  assert benchmark.cost_flops(compiled) == pytest.approx(2 * 8 * 16 * 4)
+  assert timing.cost_flops(compiled) == pytest.approx(2 * 8 * 16 * 4)
 
 
 def _costly_after_another(cost: float):
@@ -38,7 +39,7 @@ def _costly_after_another(cost: float):
 @pytest.mark.parametrize("settle", [True, False])
 def test_interleaved_timing_settles_each_call_after_its_own(settle):
   fns, log = _costly_after_another(0.02)
-  times = benchmark.median_times_interleaved(fns, repeats=4, settle=settle)
+  times = timing.median_times_interleaved(fns, repeats=4, settle=settle)
   assert len(log) == 3 + 4 * 3 * (2 if settle else 1)
   if settle:
     assert max(times) < 0.01  # timed after an untimed call of its own: never the penalty
@@ -48,9 +49,9 @@ def test_interleaved_timing_settles_each_call_after_its_own(settle):
 
 def test_round_ratios_pair_the_calls_of_each_round():
   # A slow second round moves both steps: per round 2, 1, 3; the ratio of medians would be 3.
-  assert benchmark.round_ratios([2.0, 10.0, 3.0], [1.0, 10.0, 1.0]) == (2.0, 1.0, 3.0)
+  assert timing.round_ratios([2.0, 10.0, 3.0], [1.0, 10.0, 1.0]) == (2.0, 1.0, 3.0)
   with pytest.raises(ValueError):
-    benchmark.round_ratios([1.0], [1.0, 2.0])
+    timing.round_ratios([1.0], [1.0, 2.0])
 
 
 def test_training_flops_per_image_matches_the_convolutions():
@@ -71,14 +72,13 @@ def test_training_flops_per_image_matches_the_convolutions():
     ("INVALID_ARGUMENT: shapes do not match", False),
 ])
 def test_is_oom(message, expected):
-  assert benchmark.is_oom(RuntimeError(message)) is expected
+  assert timing.is_oom(RuntimeError(message)) is expected
 
 
 def test_harness_supcon_matches_ours():
   """The PyTorch SupCon of the harness's DATM-CLR row is the loss the JAX step uses."""
   torch = pytest.importorskip("torch")
-  import numpy as np
-  import torch_dsa
+  from launch.bench import torch_dsa
   from datm_clr_jax import losses
   rng = np.random.default_rng(0)
   z1, z2 = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(6, 5)).astype(np.float32)
@@ -92,7 +92,7 @@ def test_harness_supcon_matches_ours():
 @pytest.mark.parametrize("mode", ["single", "multiple"])
 def test_harness_dsa_keeps_shapes_and_pixel_gradients(mode):
   torch = pytest.importorskip("torch")
-  import torch_dsa
+  from launch.bench import torch_dsa
   for name in torch_dsa.FAMILIES:
     x = torch.randn(4, 3, 16, 16, requires_grad=True)
     y = torch_dsa.OPS[name](torch, x)
@@ -109,30 +109,27 @@ def test_dense_rotate_baseline_equals_ours():
   from datm_clr_jax import augment
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 7, 2))
   key = jax.random.PRNGKey(4)
-  import numpy as np
   np.testing.assert_allclose(benchmark.rotate_dense(x, key), augment.rotate(x, key), atol=1e-5)
 
 
 def test_ab_step_imports_a_revision_beside_the_worktree(tmp_path):
   """ab_step's base package imports under its own name, every one of its modules from its own
-  copy, and benchmark builds from it only inside benchmark_using."""
-  import ab_step  # pylint: disable=import-outside-toplevel
-  ab_step.extract_package("HEAD", tmp_path)
-  sys.path.insert(0, str(tmp_path))
+  copy, and benchmark builds a step from it or from the worktree's package."""
+  from launch.bench import ab_step  # pylint: disable=import-outside-toplevel
+  ab_step.import_package(ab_step.extract_package("HEAD", tmp_path))
   try:
-    with ab_step.benchmark_using(ab_step.BASE_NAME):
-      assert benchmark.distill.__name__ == f"{ab_step.BASE_NAME}.distill"
-      assert benchmark.distill.losses.__name__ == f"{ab_step.BASE_NAME}.losses"
-      assert benchmark.distill.__file__.startswith(str(tmp_path))
-    assert benchmark.distill.__name__ == "datm_clr_jax.distill"
+    base = benchmark.library(ab_step.BASE_NAME)
+    assert base.StepConfig.__module__.startswith(f"{ab_step.BASE_NAME}.")
+    assert sys.modules[base.StepConfig.__module__].__file__.startswith(str(tmp_path))
+    assert sys.modules[f"{ab_step.BASE_NAME}.losses"].__file__.startswith(str(tmp_path))
+    assert benchmark.library().StepConfig is step.StepConfig
   finally:
-    sys.path.remove(str(tmp_path))
     for name in [m for m in sys.modules if m.startswith(ab_step.BASE_NAME)]:
       del sys.modules[name]
 
 
 def test_ab_step_says_which_revision_it_cannot_read(tmp_path):
-  import ab_step  # pylint: disable=import-outside-toplevel
+  from launch.bench import ab_step  # pylint: disable=import-outside-toplevel
   with pytest.raises(SystemExit, match="no-such-revision"):
     ab_step.extract_package("no-such-revision", tmp_path)
 
@@ -141,7 +138,7 @@ def test_profile_step_names_each_kernels_main_op(monkeypatch):
   # Importing profile_step adds a tracing flag to XLA_FLAGS; the test's later subprocesses
   # should not inherit it.
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-  import profile_step  # pylint: disable=import-outside-toplevel
+  from launch.bench import profile_step  # pylint: disable=import-outside-toplevel
 
   def f(x, k, w):
     y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
@@ -156,7 +153,7 @@ def test_profile_step_names_each_kernels_main_op(monkeypatch):
 
 def test_profile_step_counts_matmul_and_convolution_flops_by_op_path(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-  import profile_step  # pylint: disable=import-outside-toplevel
+  from launch.bench import profile_step  # pylint: disable=import-outside-toplevel
 
   def f(x, k, w):
     y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
@@ -172,7 +169,7 @@ def test_profile_step_counts_matmul_and_convolution_flops_by_op_path(monkeypatch
 
 
 def test_ab_step_checks_its_xla_options_before_any_step():
-  import ab_step  # pylint: disable=import-outside-toplevel
+  from launch.bench import ab_step  # pylint: disable=import-outside-toplevel
   assert ab_step.parse_options('{"xla_cpu_multi_thread_eigen": false}') == {
       "xla_cpu_multi_thread_eigen": False}
   with pytest.raises(SystemExit, match="not JSON"):
@@ -185,7 +182,7 @@ def test_ab_step_checks_its_xla_options_before_any_step():
 
 def test_profile_step_sorts_aten_ops_into_families(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-  import profile_step  # pylint: disable=import-outside-toplevel
+  from launch.bench import profile_step  # pylint: disable=import-outside-toplevel
   families = {op: profile_step.torch_family("aten::" + op) for op in (
       "mkldnn_convolution", "convolution_backward", "native_group_norm_backward", "addmm", "mm",
       "sum", "mean", "mul", "threshold_backward", "avg_pool2d")}
@@ -202,7 +199,38 @@ def test_profile_step_profiles_the_pytorch_step(monkeypatch):
   call's wall time."""
   pytest.importorskip("torch")
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-  import profile_step  # pylint: disable=import-outside-toplevel
+  from launch.bench import profile_step  # pylint: disable=import-outside-toplevel
   wall, ops = profile_step.profile_torch(2, 1, 2, 2, 4, "datm + dsa", "extra")
   assert 0 < sum(ops.values()) <= wall * 1e6
   assert {"convolution", "norm"} <= {profile_step.torch_family(op) for op in ops}
+
+
+@pytest.mark.parametrize("overrides", [dict(clr_strategy="none"),
+                                       dict(clr_strategy="fusion", alpha=0.5, views="shared")])
+def test_parallel_runs_equal_separate_runs(overrides):
+  """K runs in one program (make_parallel_step) follow the same paths as K separate runs."""
+  net, cfg, feat, images, labels, theta0, target = _setup(**overrides)
+  opt = step.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
+  rng = np.random.default_rng(0)
+  traj = jnp.stack([jnp.stack([theta0, target, 2 * target - theta0]),
+                    jnp.stack([target, theta0, target])])  # 2 experts, 3 snapshots
+  runs = [step.init_state(images + 0.1 * k * jnp.asarray(rng.normal(size=images.shape),
+                                                          images.dtype), labels, 0.01, opt)
+          for k in range(3)]
+  seeds = [0, 5, 9]
+  single = step.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  batched = parallel.make_parallel_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  apart, together = list(runs), parallel.stack_states(runs)
+  for it in range(2):
+    keys = [jax.random.fold_in(jax.random.PRNGKey(s), it) for s in seeds]
+    metrics = [None] * 3
+    for k in range(3):
+      apart[k], metrics[k] = single(apart[k], traj, jnp.int32(2), keys[k])
+    together, m = batched(together, traj, jnp.int32(2), jnp.stack(keys))
+    np.testing.assert_array_equal(m["expert"], [mk["expert"] for mk in metrics])
+    np.testing.assert_array_equal(m["start_epoch"], [mk["start_epoch"] for mk in metrics])
+  assert len({int(mk["expert"]) * 10 + int(mk["start_epoch"]) for mk in metrics}) > 1
+  for got, want in zip(parallel.unstack_states(together), apart):
+    np.testing.assert_allclose(got.syn_images, want.syn_images, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.syn_lr, want.syn_lr, rtol=1e-5)
+    assert int(got.iteration) == 2

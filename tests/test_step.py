@@ -1,4 +1,4 @@
-"""The distillation step: hypergradients, scan vs Python loop, DATM equivalence, skips."""
+"""The outer step: hypergradients, scan vs Python loop, DATM equivalence, skips, remat."""
 
 import dataclasses
 import functools
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from datm_clr_jax import augment, distill, losses, models
+from datm_clr_jax import augment, distillation, errors, losses, models, step
 
 SHAPE = (8, 8, 3)
 CLASSES = 4
@@ -19,8 +19,8 @@ def _setup(dtype=jnp.float32, depth=1, **overrides):
   # Cheap DSA ops keep XLA compile times low; one scan test runs the full strategy.
   settings = dict(num_inner_steps=2, expert_epochs=1, min_start_epoch=0, batch_syn=4,
                   threshold=10.0, proj_dim=6, strategy="color_crop_flip")
-  cfg = distill.StepConfig(**{**settings, **overrides})
-  feat = distill.feature_dim(net, SHAPE)
+  cfg = step.StepConfig(**{**settings, **overrides})
+  feat = models.feature_dim(net, SHAPE)
   k = jax.random.split(jax.random.PRNGKey(0), 4)
   images = jax.random.normal(k[0], (CLASSES, *SHAPE), dtype)
   labels = jax.random.normal(k[1], (CLASSES, CLASSES), dtype)
@@ -40,7 +40,7 @@ def _setup(dtype=jnp.float32, depth=1, **overrides):
 def test_hypergradient_matches_finite_differences(overrides):
   with jax.enable_x64(True):
     net, cfg, feat, images, labels, theta0, target = _setup(jnp.float64, **overrides)
-    loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+    loss_fn = step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
     key, head_key = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
     lr = jnp.asarray(0.05, jnp.float64)
 
@@ -71,8 +71,8 @@ def _python_loop_thetas(net, cfg, images, labels, lr, theta0, key):
   Returns theta_0..theta_N and, per step, the minibatch indices and augmentation key. The
   student's momentum is the paper's (v <- mu v + g, theta <- theta - lr v, v_0 = 0).
   """
-  _, _, k_batch, k_aug, _ = distill.step_keys(key)
-  idx = distill.minibatch_indices(k_batch, images.shape[0], cfg.batch_syn, cfg.num_inner_steps)
+  _, _, k_batch, k_aug, _ = step.step_keys(key)
+  idx = step.minibatch_indices(k_batch, images.shape[0], cfg.batch_syn, cfg.num_inner_steps)
   keys = jax.random.split(k_aug, cfg.num_inner_steps)
   probs = jax.nn.softmax(labels, axis=-1)
   mode = cfg.view_mode if cfg.views == "shared" else cfg.dsa_mode
@@ -101,7 +101,7 @@ def test_scan_matches_python_loop(remat, unroll, strategy, extra):
   net, cfg, feat, images, labels, theta0, target = _setup(
       clr_strategy="none", remat=remat, unroll=unroll, num_inner_steps=3, batch_syn=2,
       strategy=strategy, **extra)
-  loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  loss_fn = step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
   key = jax.random.PRNGKey(3)
   lr = jnp.asarray(0.05)
 
@@ -136,7 +136,7 @@ def test_remat_keeps_what_its_policy_names(remat_convs, momentum, views, strateg
   net, cfg, feat, images, labels, theta0, target = _setup(
       remat=True, remat_convs=remat_convs, num_inner_steps=n, batch_syn=b, depth=2,
       student_momentum=momentum, **clr)
-  loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  loss_fn = step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
   key = jax.random.PRNGKey(3)
   f = lambda im, r: loss_fn((im, labels, r, {}), theta0, target, key, key)[0]
   jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(images, jnp.asarray(0.05))
@@ -171,7 +171,7 @@ def test_what_remat_keeps_does_not_change_the_gradient(views):
     net, cfg, feat, images, labels, theta0, target = _setup(
         clr_strategy="fusion", alpha=0.5, views=views, remat=remat,
         remat_convs=remat_convs, num_inner_steps=2, batch_syn=2)
-    loss_fn = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+    loss_fn = step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
     key = jax.random.PRNGKey(5)
     f = lambda im, r: loss_fn((im, labels, r, {}), theta0, target, key, key)[0]
     grads.append(jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(images, jnp.asarray(0.05)))
@@ -187,8 +187,8 @@ def test_fusion_leaves_the_datm_trajectory_untouched():
   datm_cfg = dataclasses.replace(cfg, clr_strategy="none")
   key = jax.random.PRNGKey(4)
   learned = (images, labels, jnp.asarray(0.05), {})
-  fusion = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
-  datm = distill.make_outer_loss(net, datm_cfg, jnp.arange(CLASSES), feat)
+  fusion = step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  datm = step.make_outer_loss(net, datm_cfg, jnp.arange(CLASSES), feat)
   total_f, (tm_f, con_f) = jax.jit(fusion)(learned, theta0, target, key, key)
   total_d, (tm_d, con_d) = jax.jit(datm)(learned, theta0, target, key, key)
   np.testing.assert_array_equal(tm_f, tm_d)
@@ -207,16 +207,16 @@ def test_segments_average_their_single_matches(loop):
                                                      theta0.dtype) for k in (1, 2)])
   learned = (images, labels, jnp.asarray(0.05), {})
   key, upper = jax.random.PRNGKey(3), jnp.int32(2)
-  segments = distill.make_segments_loss(net, cfg, jnp.arange(CLASSES), feat)
+  segments = step.make_segments_loss(net, cfg, jnp.arange(CLASSES), feat)
   (total, (l_tm, _, experts, starts)), grads = jax.jit(jax.value_and_grad(
       segments, has_aux=True))(learned, traj, upper, key)
 
   single = jax.jit(jax.value_and_grad(
-      distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat), has_aux=True))
-  head_key = distill.step_keys(key)[4]
+      step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat), has_aux=True))
+  head_key = step.step_keys(key)[4]
   ref_totals, ref_tms, ref_grads, drawn = [], [], [], []
-  for k in distill.segment_keys(key, 3):
-    expert, start, th0, tg = distill.sample_segment(k, traj, upper, cfg)
+  for k in step.segment_keys(key, 3):
+    expert, start, th0, tg = step.sample_segment(k, traj, upper, cfg)
     drawn.append((int(expert), int(start)))
     (t, (tm, _)), g = single(learned, th0, tg, k, head_key)
     ref_totals.append(t), ref_tms.append(tm), ref_grads.append(g)
@@ -234,10 +234,10 @@ def test_one_segment_is_the_single_match():
   traj = jnp.stack([theta0, target])[None]
   learned = (images, labels, jnp.asarray(0.05), {})
   key = jax.random.PRNGKey(4)
-  total = jax.jit(distill.make_segments_loss(net, cfg, jnp.arange(CLASSES), feat))(
+  total = jax.jit(step.make_segments_loss(net, cfg, jnp.arange(CLASSES), feat))(
       learned, traj, jnp.int32(1), key)[0]
-  single = jax.jit(distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat))(
-      learned, theta0, target, key, distill.step_keys(key)[4])[0]
+  single = jax.jit(step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat))(
+      learned, theta0, target, key, step.step_keys(key)[4])[0]
   assert float(total) == float(single)
 
 
@@ -245,17 +245,17 @@ def test_one_segment_is_the_single_match():
 def _state_and_step(lr_lr=1e-7, threshold=10.0):
   """Cached: each distinct jitted step costs seconds of XLA compilation."""
   net, cfg, feat, images, labels, theta0, target = _setup(threshold=threshold)
-  opt = distill.OuterOptim(lr_img=10.0, lr_lr=lr_lr, lr_y=1.0)
-  state = distill.init_state(images, labels, 0.01, opt)
+  opt = step.OuterOptim(lr_img=10.0, lr_lr=lr_lr, lr_y=1.0)
+  state = step.init_state(images, labels, 0.01, opt)
   traj = jnp.stack([theta0, target])[None]  # one expert, two snapshots
-  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
-  return state, traj, step
+  step_fn = step.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  return state, traj, step_fn
 
 
 def test_step_updates_everything_it_learns():
-  state, traj, step = _state_and_step(lr_lr=1e-3)
-  new, m = step(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
-  assert int(m["status"]) == distill.ACCEPTED
+  state, traj, step_fn = _state_and_step(lr_lr=1e-3)
+  new, m = step_fn(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == step.ACCEPTED
   assert not np.allclose(new.syn_images, state.syn_images)
   assert not np.allclose(new.syn_labels, state.syn_labels)
   assert float(new.syn_lr) != float(state.syn_lr)
@@ -263,72 +263,48 @@ def test_step_updates_everything_it_learns():
 
 
 def test_negative_syn_lr_is_skipped():
-  state, traj, step = _state_and_step(lr_lr=1e6)  # a huge lr step drives syn_lr below 0
-  new, m = step(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
-  assert int(m["status"]) == distill.BAD_LR and float(m["proposed_syn_lr"]) <= 0
+  state, traj, step_fn = _state_and_step(lr_lr=1e6)  # a huge lr step drives syn_lr below 0
+  new, m = step_fn(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == step.BAD_LR and float(m["proposed_syn_lr"]) <= 0
   np.testing.assert_array_equal(new.syn_images, state.syn_images)
   np.testing.assert_array_equal(new.syn_lr, state.syn_lr)
   assert int(new.iteration) == 1
 
 
 def test_nan_is_skipped():
-  state, traj, step = _state_and_step(lr_lr=1e-3)
+  state, traj, step_fn = _state_and_step(lr_lr=1e-3)
   bad = state.replace(syn_images=state.syn_images.at[0, 0, 0, 0].set(jnp.nan))
-  new, m = step(bad, traj, jnp.int32(1), jax.random.PRNGKey(0))
-  assert int(m["status"]) == distill.NON_FINITE
+  new, m = step_fn(bad, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == step.NON_FINITE
   np.testing.assert_array_equal(np.isnan(new.syn_images), np.isnan(bad.syn_images))
   np.testing.assert_array_equal(new.syn_lr, bad.syn_lr)
-  with pytest.raises(distill.DistillError, match="NaN"):
-    distill.check_finite_state(bad)
+  with pytest.raises(errors.DistillError, match="NaN"):
+    distillation.check_finite_state(bad)
 
 
 def test_update_over_threshold_is_skipped():
-  state, traj, step = _state_and_step(threshold=1e-9)
-  new, m = step(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
-  assert int(m["status"]) == distill.OVER_THRESHOLD
+  state, traj, step_fn = _state_and_step(threshold=1e-9)
+  new, m = step_fn(state, traj, jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == step.OVER_THRESHOLD
   np.testing.assert_array_equal(new.syn_images, state.syn_images)
 
 
 def test_minibatch_indices_are_fresh_permutations():
-  idx = np.asarray(distill.minibatch_indices(jax.random.PRNGKey(0), 6, 2, 7))
+  idx = np.asarray(step.minibatch_indices(jax.random.PRNGKey(0), 6, 2, 7))
   assert idx.shape == (7, 2)
   np.testing.assert_array_equal(np.sort(idx[:3].ravel()), np.arange(6))
   np.testing.assert_array_equal(np.sort(idx[3:6].ravel()), np.arange(6))
 
 
-def test_start_epoch_schedule():
-  kw = dict(max_start_epoch=20, sequential=True, current_max_start_epoch=10, expansion_end=1000)
-  assert distill.start_epoch_upper(0, **kw) == 10
-  assert distill.start_epoch_upper(500, **kw) == 15
-  assert distill.start_epoch_upper(5000, **kw) == 20
-  assert distill.start_epoch_upper(7, **{**kw, "sequential": False}) == 20
-
-
-def test_initial_synset_from_experts():
-  net = models.make_network("convnet", CLASSES, SHAPE, width=4, depth=1)
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(40, *SHAPE)).astype(np.float32)
-  y = np.repeat(np.arange(CLASSES), 10)
-  final = np.stack([net.init_flat(jax.random.PRNGKey(i), SHAPE) for i in range(3)])
-  images, logits = distill.initial_synset(net, x, y, final, ipc=2, num_classes=CLASSES,
-                                          init="real", seed=0)
-  assert images.shape == (8, *SHAPE) and logits.shape == (8, CLASSES)
-  # Class-major: the first ipc images come from class 0.
-  for i, img in enumerate(images):
-    assert y[np.flatnonzero((x == img).all(axis=(1, 2, 3)))[0]] == i // 2
-  with pytest.raises(distill.DistillError, match="ipc=11"):
-    distill.initial_synset(net, x, y, final, ipc=11, num_classes=CLASSES, init="real", seed=0)
-
-
 def test_learned_head_is_updated_by_the_outer_optimiser():
   net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="fusion", alpha=1.0,
                                                           head="learned")
-  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-7, lr_y=1.0, lr_head=0.5)
-  head = distill.init_head_params(distill.make_head(cfg, feat), jax.random.PRNGKey(9), feat)
-  state = distill.init_state(images, labels, 0.01, opt, head)
-  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
-  new, m = step(state, jnp.stack([theta0, target])[None], jnp.int32(1), jax.random.PRNGKey(0))
-  assert int(m["status"]) == distill.ACCEPTED and float(m["l_contrast"]) > 0
+  opt = step.OuterOptim(lr_img=1.0, lr_lr=1e-7, lr_y=1.0, lr_head=0.5)
+  head = step.init_head_params(step.make_head(cfg, feat), jax.random.PRNGKey(9), feat)
+  state = step.init_state(images, labels, 0.01, opt, head)
+  step_fn = step.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  new, m = step_fn(state, jnp.stack([theta0, target])[None], jnp.int32(1), jax.random.PRNGKey(0))
+  assert int(m["status"]) == step.ACCEPTED and float(m["l_contrast"]) > 0
   changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), new.head, state.head)
   assert all(jax.tree_util.tree_leaves(changed))
 
@@ -338,57 +314,13 @@ def test_contrastive_update_changes_the_student_path():
   net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="update", lam=1.0)
   learned = (images, labels, jnp.asarray(0.05), {})
   key = jax.random.PRNGKey(4)
-  upd = distill.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
-  datm = distill.make_outer_loss(net, dataclasses.replace(cfg, clr_strategy="none"),
+  upd = step.make_outer_loss(net, cfg, jnp.arange(CLASSES), feat)
+  datm = step.make_outer_loss(net, dataclasses.replace(cfg, clr_strategy="none"),
                                  jnp.arange(CLASSES), feat)
   total_u, (tm_u, con_u) = jax.jit(upd)(learned, theta0, target, key, key)
   _, (tm_d, _) = jax.jit(datm)(learned, theta0, target, key, key)
   assert float(con_u) > 0 and abs(float(tm_u) - float(tm_d)) > 1e-7
   np.testing.assert_allclose(total_u, tm_u)  # the outer loss is L_tm alone
-
-
-def test_interrupt_saves_the_last_finished_iteration(tmp_path):
-  from datm_clr_jax import checkpointing
-  net, cfg, feat, images, labels, theta0, target = _setup(expert_epochs=1)
-  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
-  real = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
-  calls = []
-
-  def step(*args):  # Ctrl-C arrives during the 4th iteration
-    if len(calls) == 3:
-      raise KeyboardInterrupt
-    calls.append(1)
-    return real(*args)
-
-  ckpt = checkpointing.StepCheckpoints(tmp_path, keep=2)
-  state0 = distill.init_state(images, labels, 0.01, opt)
-  with pytest.raises(KeyboardInterrupt):
-    distill.run_distillation(step, state0, jnp.stack([theta0, target])[None], iterations=10,
-                             seed=0, schedule=lambda it: 1, ckpt=ckpt, checkpoint_every=5,
-                             log_every=5)
-  done, restored = ckpt.restore_latest(state0)
-  assert done == 3 and int(restored.iteration) == 3
-  assert not np.allclose(restored.syn_images, images)
-
-
-def test_hooks_run_after_each_checkpoint_and_every_k_iterations(tmp_path):
-  from datm_clr_jax import checkpointing
-  net, cfg, feat, images, labels, theta0, target = _setup(expert_epochs=1)
-  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
-  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
-  ckpt = checkpointing.StepCheckpoints(tmp_path, keep=2)
-  saved, every, logged = [], [], []
-  # on_save finds its checkpoint already written: the curves it draws never run ahead of it.
-  newest = lambda: max(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
-  on_save = lambda done: saved.append((done, newest()))
-  distill.run_distillation(step, distill.init_state(images, labels, 0.01, opt),
-                           jnp.stack([theta0, target])[None], iterations=5, seed=0,
-                           schedule=lambda it: 1, ckpt=ckpt, checkpoint_every=2, log_every=3,
-                           log=logged.append, every=3,
-                           on_every=lambda done, state: every.append(done), on_save=on_save)
-  assert saved == [(2, 2), (4, 4), (5, 5)]
-  assert every == [3, 5]
-  assert [r["step"] for r in logged] == [3, 5]
 
 
 def test_shared_views_without_contrast_are_datm_on_the_view_augmentation():
@@ -398,7 +330,7 @@ def test_shared_views_without_contrast_are_datm_on_the_view_augmentation():
       clr_strategy="fusion", alpha=0.0, views="shared", view_mode="multiple")
   plain = dataclasses.replace(cfg, views="extra", dsa_mode="multiple")
   learned, key = (images, labels, jnp.asarray(0.05), {}), jax.random.PRNGKey(4)
-  f = lambda c: jax.jit(jax.value_and_grad(distill.make_outer_loss(
+  f = lambda c: jax.jit(jax.value_and_grad(step.make_outer_loss(
       net, c, jnp.arange(CLASSES), feat), has_aux=True))(learned, theta0, target, key, key)
   (tot_s, (tm_s, _)), g_s = f(cfg)
   (tot_p, (tm_p, _)), g_p = f(plain)
@@ -412,8 +344,8 @@ def _contrast_at_fixed_thetas(net, cfg, feat, images, labels, lr, theta0, key, h
   a constant and only the views depend on the images (shared views: the first is the CE's)."""
   thetas, idx, keys = _python_loop_thetas(net, cfg, jax.lax.stop_gradient(images), labels,
                                           lr, theta0, key)
-  head_module = distill.make_head(cfg, feat)
-  head = distill.init_head_params(head_module, head_key, feat)
+  head_module = step.make_head(cfg, feat)
+  head = step.init_head_params(head_module, head_key, feat)
   total = 0.0
   for n in range(cfg.num_inner_steps):
     x = images[idx[n]]
@@ -438,7 +370,7 @@ def test_contrast_at_fixed_student_matches_a_direct_reference(views):
   key, head_key, lr = jax.random.PRNGKey(5), jax.random.PRNGKey(6), jnp.asarray(0.05)
 
   def l_con(c):
-    loss = distill.make_outer_loss(net, c, jnp.arange(CLASSES), feat)
+    loss = step.make_outer_loss(net, c, jnp.arange(CLASSES), feat)
     return jax.jit(jax.value_and_grad(
         lambda im: loss((im, labels, lr, {}), theta0, target, key, head_key)[1][1]))(images)
 
@@ -456,8 +388,8 @@ def test_head_parameter_names_are_those_of_earlier_runs():
   """Checkpointed 'fixed' and 'learned' heads and the random heads drawn per iteration are
   keyed by these names: TorchDense_0 is the output layer, TorchDense_1 the hidden one."""
   _, cfg, *_ = _setup(proj_hidden=5, proj_dim=3)
-  head = distill.make_head(cfg, 7)
-  params = distill.init_head_params(head, jax.random.PRNGKey(0), 7)
+  head = step.make_head(cfg, 7)
+  params = step.init_head_params(head, jax.random.PRNGKey(0), 7)
   shapes = jax.tree_util.tree_map(jnp.shape, params)
   assert shapes == {"TorchDense_0": {"kernel": (5, 3), "bias": (3,)},
                     "TorchDense_1": {"kernel": (7, 5), "bias": (5,)}}, shapes
@@ -466,16 +398,16 @@ def test_head_parameter_names_are_those_of_earlier_runs():
 def test_fixed_head_is_the_run_s_own_and_never_learned():
   net, cfg, feat, images, labels, theta0, target = _setup(clr_strategy="fusion", alpha=1.0,
                                                           head="fixed")
-  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-7, lr_y=1.0, lr_head=0.5)
-  head_module = distill.make_head(cfg, feat)
-  heads = [distill.init_head_params(head_module, jax.random.PRNGKey(s), feat) for s in (7, 8)]
-  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  opt = step.OuterOptim(lr_img=1.0, lr_lr=1e-7, lr_y=1.0, lr_head=0.5)
+  head_module = step.make_head(cfg, feat)
+  heads = [step.init_head_params(head_module, jax.random.PRNGKey(s), feat) for s in (7, 8)]
+  step_fn = step.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
   traj, key = jnp.stack([theta0, target])[None], jax.random.PRNGKey(0)
   cons = []
   for head in heads:
-    state = distill.init_state(images, labels, 0.01, opt, head)
-    new, m = step(state, traj, jnp.int32(1), key)
-    assert int(m["status"]) == distill.ACCEPTED and float(m["l_contrast"]) > 0
+    state = step.init_state(images, labels, 0.01, opt, head)
+    new, m = step_fn(state, traj, jnp.int32(1), key)
+    assert int(m["status"]) == step.ACCEPTED and float(m["l_contrast"]) > 0
     jax.tree_util.tree_map(np.testing.assert_array_equal, new.head, state.head)
     cons.append(float(m["l_contrast"]))
   assert cons[0] != cons[1], "the state's head should be the one the loss uses"
@@ -487,14 +419,14 @@ def test_diagnostics_split_the_step_s_image_gradient(overrides):
   """g_tm + g_con is the step's image gradient, and g_tm is DATM's (Fusion leaves the student
   path alone); a run with diagnostics ends on the very same set as one without."""
   net, cfg, feat, images, labels, theta0, target = _setup(**overrides)
-  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
+  opt = step.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
   traj, upper, key = jnp.stack([theta0, target])[None], jnp.int32(1), jax.random.PRNGKey(2)
-  state = distill.init_state(images, labels, 0.01, opt)
-  step = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
-  diag = distill.make_diagnostics(net, cfg, jnp.arange(CLASSES), feat)(state, traj, upper, key)
-  _, m = step(state, traj, upper, key)
+  state = step.init_state(images, labels, 0.01, opt)
+  step_fn = step.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
+  diag = step.make_diagnostics(net, cfg, jnp.arange(CLASSES), feat)(state, traj, upper, key)
+  _, m = step_fn(state, traj, upper, key)
   datm = dataclasses.replace(cfg, clr_strategy="none")
-  loss = distill.make_segments_loss(net, datm, jnp.arange(CLASSES), feat)
+  loss = step.make_segments_loss(net, datm, jnp.arange(CLASSES), feat)
   g_datm = jax.grad(lambda im: loss((im, labels, state.syn_lr, {}), traj, upper, key)[0])(
       images)
   np.testing.assert_allclose(diag["grad_norm_tm"], jnp.linalg.norm(g_datm), rtol=1e-5)
@@ -510,44 +442,13 @@ def test_diagnostics_split_the_step_s_image_gradient(overrides):
     np.testing.assert_allclose(diag["grad_norm_tm"], m["grad_norm_images"], rtol=1e-5)
 
   runs = []
-  for d in (None, distill.make_diagnostics(net, cfg, jnp.arange(CLASSES), feat)):
+  for d in (None, step.make_diagnostics(net, cfg, jnp.arange(CLASSES), feat)):
     logged = []
-    end = distill.run_distillation(step, state, traj, iterations=4, seed=0,
+    end = distillation.run_distillation(step_fn, state, traj, iterations=4, seed=0,
                                    schedule=lambda it: 1, ckpt=None, checkpoint_every=2,
                                    log_every=2, log=logged.append, diagnose=d)
     runs.append(end)
     assert ("grad_norm_tm" in logged[0]) == (d is not None)
   np.testing.assert_array_equal(runs[0].syn_images, runs[1].syn_images)
   assert np.isclose(float(m["image_rms"]), float(jnp.sqrt(jnp.mean(
-      jnp.square(step(state, traj, upper, key)[0].syn_images)))))
-
-
-@pytest.mark.parametrize("overrides", [dict(clr_strategy="none"),
-                                       dict(clr_strategy="fusion", alpha=0.5, views="shared")])
-def test_parallel_runs_equal_separate_runs(overrides):
-  """K runs in one program (make_parallel_step) follow the same paths as K separate runs."""
-  net, cfg, feat, images, labels, theta0, target = _setup(**overrides)
-  opt = distill.OuterOptim(lr_img=1.0, lr_lr=1e-4, lr_y=1.0)
-  rng = np.random.default_rng(0)
-  traj = jnp.stack([jnp.stack([theta0, target, 2 * target - theta0]),
-                    jnp.stack([target, theta0, target])])  # 2 experts, 3 snapshots
-  runs = [distill.init_state(images + 0.1 * k * jnp.asarray(rng.normal(size=images.shape),
-                                                             images.dtype), labels, 0.01, opt)
-          for k in range(3)]
-  seeds = [0, 5, 9]
-  single = distill.make_distill_step(net, cfg, opt, jnp.arange(CLASSES), feat)
-  batched = distill.make_parallel_step(net, cfg, opt, jnp.arange(CLASSES), feat)
-  apart, together = list(runs), distill.stack_states(runs)
-  for it in range(2):
-    keys = [jax.random.fold_in(jax.random.PRNGKey(s), it) for s in seeds]
-    metrics = [None] * 3
-    for k in range(3):
-      apart[k], metrics[k] = single(apart[k], traj, jnp.int32(2), keys[k])
-    together, m = batched(together, traj, jnp.int32(2), jnp.stack(keys))
-    np.testing.assert_array_equal(m["expert"], [mk["expert"] for mk in metrics])
-    np.testing.assert_array_equal(m["start_epoch"], [mk["start_epoch"] for mk in metrics])
-  assert len({int(mk["expert"]) * 10 + int(mk["start_epoch"]) for mk in metrics}) > 1
-  for got, want in zip(distill.unstack_states(together), apart):
-    np.testing.assert_allclose(got.syn_images, want.syn_images, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(got.syn_lr, want.syn_lr, rtol=1e-5)
-    assert int(got.iteration) == 2
+      jnp.square(step_fn(state, traj, upper, key)[0].syn_images)))))

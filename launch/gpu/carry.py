@@ -1,7 +1,7 @@
 """What a lent device lacks, packed here into .gpu_carry/ and unpacked there.
 
-  python launch/gpu_carry.py pack      # here: the CIFAR-10 copy (xz) and the missing wheels
-  python launch/gpu_carry.py unpack    # on the device (launch/gpu_lib.sh's unpack_carry)
+  python launch/gpu/carry.py pack      # here: the CIFAR-10 copy (xz) and the missing wheels
+  python launch/gpu/carry.py unpack    # on the device (launch/gpu/lib.sh's unpack_carry)
 
 The device has no registry and no ml_collections, and the working tree that travels to it
 (tracked files, untracked ones git does not ignore, carried paths) may be 64 MiB at most
@@ -22,7 +22,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CARRY = ROOT / ".gpu_carry"
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 WHEELS = ("ml_collections",)  # packages the device's image lacks

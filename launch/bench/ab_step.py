@@ -1,25 +1,24 @@
 """The distillation step of two versions of the package, timed in turns in one process.
 
-  python launch/ab_step.py --base=HEAD                      # c10_ipc1:10, datm + dsa
-  python launch/ab_step.py --base=418c49c --setting=r1 --width=32 --kind=datm-clr
-  python launch/ab_step.py --setting=r1 --width=32 --unroll=2    # HEAD's step, unrolled by 2
-  python launch/ab_step.py --options='{"xla_cpu_multi_thread_eigen": false}'
+  python -m launch.bench.ab_step --base=HEAD                   # c10_ipc1:10, datm + dsa
+  python -m launch.bench.ab_step --base=418c49c --setting=r1 --width=32 --kind=datm-clr
+  python -m launch.bench.ab_step --setting=r1 --width=32 --unroll=2  # HEAD's step, unrolled
+  python -m launch.bench.ab_step --options='{"xla_cpu_multi_thread_eigen": false}'
 
 Copies the package as it is at --base (`git archive`) into a temporary folder under another
-name (datm_clr_jax_base), builds the benchmark's step (benchmark.setup_distill) from it and
-from the working tree's package, and times their calls in turns (benchmark's
-median_times_interleaved), so drift in the machine's speed (this CPU's varies by 2x between
-sessions, launch/results/benchmark_cpu.md) moves both alike. A change that should not move
-the numbers can be checked by the loss and image-gradient norm printed beside each.
---unroll and --options (XLA compile options, as JSON) apply to the worktree's step only, so an
-XLA flag or a scan setting is compared with the default in one process too.
+name (datm_clr_jax_base), imports it beside the working tree's package, builds the benchmark's
+step (benchmark.setup_distill) from each and times their calls in turns, so drift in the
+machine's speed moves both alike. A change that should not move the numbers is checked by
+the loss and image-gradient norm printed beside each, as float.hex(), and by whether the two
+steps' new images are the same bits. --unroll and --options (XLA compile options, as JSON)
+apply to the worktree's step only, so an XLA flag or a scan setting is compared with the
+default in one process too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
+import importlib.util
 import io
 import json
 import re
@@ -30,14 +29,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "launch"))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
+from launch.bench import benchmark, timing
 
-import benchmark  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[2]
 BASE_NAME = "datm_clr_jax_base"
 
 
@@ -58,17 +55,13 @@ def extract_package(rev: str, dest: Path) -> Path:
   return pkg
 
 
-@contextlib.contextmanager
-def benchmark_using(package: str):
-  """benchmark.setup_distill builds its step from `package` inside the block."""
-  saved = benchmark.distill, benchmark.make_network, benchmark.augment
-  benchmark.distill = importlib.import_module(f"{package}.distill")
-  benchmark.make_network = importlib.import_module(f"{package}.models").make_network
-  benchmark.augment = importlib.import_module(f"{package}.augment")
-  try:
-    yield
-  finally:
-    benchmark.distill, benchmark.make_network, benchmark.augment = saved
+def import_package(pkg: Path) -> None:
+  """Imports the package folder `pkg` under its own name, without touching sys.path."""
+  spec = importlib.util.spec_from_file_location(pkg.name, pkg / "__init__.py",
+                                                submodule_search_locations=[str(pkg)])
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[pkg.name] = module
+  spec.loader.exec_module(module)
 
 
 def parse_options(text: str) -> dict:
@@ -106,35 +99,37 @@ def main(argv=None):
   options = parse_options(a.options)
   name, classes, ipc, n_steps, batch_syn = benchmark.setting(a.setting, quick=False)
   with tempfile.TemporaryDirectory() as d:
-    extract_package(a.base, Path(d))
-    sys.path.insert(0, d)
-    calls, lines = [], []
+    import_package(extract_package(a.base, Path(d)))
+    calls, lines, images = [], [], []
     sides = ((f"base ({a.base})", BASE_NAME, 1, None),
              ("worktree", "datm_clr_jax", a.unroll, options or None))
     for label, package, unroll, side_options in sides:
-      with benchmark_using(package):
-        _, step, args, _ = benchmark.setup_distill(
-            classes, ipc, n_steps, batch_syn, a.width, 32, full=a.kind == "datm-clr",
-            remat=a.remat, kind=a.kind, views=a.views, unroll=unroll)
-        compile_s, call, peak, flops = benchmark.jax_distill_call(step, args, side_options)
-        m = jax.device_get(call()[1])  # the compiled call: step(*args) would compile again
+      _, step, args, _ = benchmark.setup_distill(
+          classes, ipc, n_steps, batch_syn, a.width, 32, full=a.kind == "datm-clr",
+          remat=a.remat, kind=a.kind, views=a.views, unroll=unroll,
+          lib=benchmark.library(package))
+      compile_s, call, peak, flops = benchmark.jax_distill_call(step, args, side_options)
+      state, m = jax.device_get(call())  # the compiled call: step(*args) would compile again
       calls.append(call)
-      lines.append(f"| {label} | {compile_s:.1f} s | {benchmark.fmt_gflop(flops)} | "
-                   f"{benchmark.fmt_bytes(peak)} | {float(m['loss']):.8g} | "
-                   f"{float(m['grad_norm_images']):.6g} |")
-    per_round = benchmark.times_interleaved(calls, a.repeats, settle=a.settle)
+      images.append(np.asarray(state.syn_images))
+      lines.append(f"| {label} | {compile_s:.1f} s | {timing.fmt_gflop(flops)} | "
+                   f"{timing.fmt_bytes(peak)} | {float(m['loss']).hex()} | "
+                   f"{float(m['grad_norm_images']).hex()} |")
+    per_round = timing.times_interleaved(calls, a.repeats, settle=a.settle)
   worktree = "".join([f"; worktree: scan unroll {a.unroll}" if a.unroll != 1 else "",
                       f"; worktree: XLA options {options}" if options else ""])
-  print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {a.kind} step, remat "
-        f"{benchmark.REMAT_MODES[a.remat][1]}; {a.repeats} calls each in turns; "
-        f"backend {jax.default_backend()}{worktree}\n")
+  print(f"{name}: N={n_steps} batch_syn={batch_syn} width={a.width} {a.kind} step "
+        f"({a.views} views), remat {benchmark.REMAT_MODES[a.remat][1]}; {a.repeats} calls "
+        f"each in turns; backend {jax.default_backend()}{worktree}\n")
   print("| package | compile | GFLOP (XLA) | peak (XLA) | loss | image-gradient norm | step "
         "| base / this | base / this, per round: median (min-max) |\n"
         "|---|---|---|---|---|---|---|---|---|")
   times = [statistics.median(t) for t in per_round]
   for line, t, rounds in zip(lines, times, per_round):
-    print(f"{line} {benchmark.fmt_s(t)} | {times[0] / t:.3f}x | "
-          f"{benchmark.fmt_round_ratios(per_round[0], rounds)} |")
+    print(f"{line} {timing.fmt_s(t)} | {times[0] / t:.3f}x | "
+          f"{timing.fmt_round_ratios(per_round[0], rounds)} |")
+  same = np.array_equal(images[0].view(np.uint32), images[1].view(np.uint32))
+  print(f"\nnew syn_images after one step: {'the same bits' if same else 'DIFFERENT'}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Paired diagnostics of two cells of the study (same seed: same experts, start epochs, keys).
+"""Paired diagnostics of two cells of a study (same seed: same experts, start epochs, keys).
 
-  python launch/results/clr_study/diagnose.py A0_seed0 A1_seed0
+  python launch/diagnose_cells.py A0_seed0 A1_seed0 [RUNS]
+
+RUNS: the study's runs/ folder (default launch/results/clr_study/runs).
 """
 
 import json
@@ -8,16 +10,16 @@ import statistics as st
 import sys
 from pathlib import Path
 
-RUNS = Path(__file__).resolve().parent / "runs"
+RUNS = Path(__file__).resolve().parent / "results" / "clr_study" / "runs"
 
 
-def distill_records(cell):
-  return [json.loads(l) for l in (RUNS / cell / "metrics.jsonl").read_text().splitlines()
+def distill_records(runs: Path, cell: str):
+  return [json.loads(l) for l in (runs / cell / "metrics.jsonl").read_text().splitlines()
           if '"phase": "distill"' in l]
 
 
-def main(base, other):
-  a, b = distill_records(base), distill_records(other)
+def main(base, other, runs=RUNS):
+  a, b = distill_records(Path(runs), base), distill_records(Path(runs), other)
   same = sum(x["expert"] == y["expert"] and x["start_epoch"] == y["start_epoch"]
              for x, y in zip(a, b))
   print(f"{same} of {len(a)} logged iterations drew the same expert and start epoch")
@@ -37,4 +39,4 @@ def main(base, other):
 
 
 if __name__ == "__main__":
-  main(*sys.argv[1:3])
+  main(*sys.argv[1:4])

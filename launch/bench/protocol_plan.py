@@ -19,12 +19,9 @@ markdown table, the total, and what the distillation step must reach to fit --bu
 
 import argparse
 import runpy
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark  # pylint: disable=wrong-import-position
+from launch.bench import benchmark, timing
 
 
 def distill_flops(cfg, classes: int, size: int, views: str) -> float:
@@ -38,7 +35,7 @@ def distill_flops(cfg, classes: int, size: int, views: str) -> float:
     _, step, args, _ = benchmark.setup_distill(classes, d.ipc, n, d.batch_syn or classes * d.ipc,
                                                cfg.model.width, size, full=False, kind=kind,
                                                views=views, remat=remat)
-    return benchmark.cost_flops(step.lower(*args).compile())
+    return timing.cost_flops(step.lower(*args).compile())
 
   c2, c3 = count(2), count(3)
   if c3 > c2 * 1.001:  # a backend that counts every iteration
@@ -48,7 +45,7 @@ def distill_flops(cfg, classes: int, size: int, views: str) -> float:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--config", default=str(ROOT / "configs" / "cifar10_ipc1.py"))
+  p.add_argument("--config", default="configs/cifar10_ipc1.py")
   p.add_argument("--classes", type=int, default=10)
   p.add_argument("--train_images", type=int, default=50000)
   p.add_argument("--image_size", type=int, default=32, help="native size (config's 0)")

@@ -15,9 +15,9 @@ Sections (each prints a markdown table; --out also writes them to a file):
            DATM run takes it, and "datm-clr" rows the contrastive term of Contrastive Fusion
            as well (two "multiple"-DSA views, features, a random head, SupCon, alpha 0.1;
            --clr_views=extra|shared): the steps runs really take, with PyTorch's rendering in
-           launch/torch_dsa.py. --skip_full leaves those two out.
+           launch/bench/torch_dsa.py. --skip_full leaves those two out.
            --remat=1,convs,0 times the JAX step with per-step rematerialisation, with remat
-           that also keeps the convolution outputs (distill.remat_convs), and without remat
+           that also keeps the convolution outputs (config.distill.remat_convs), and without remat
            (PyTorch keeps every step's graph: it never recomputes, and uses memory linear in N).
            "GFLOP per inner step" is XLA's cost analysis of the compiled step, which counts
            the scan body once: the rows' ratios are the ratios of the work each step does.
@@ -27,11 +27,11 @@ Sections (each prints a markdown table; --out also writes them to a file):
   dsa      the DATM step with one DSA op family at every inner step (--dsa_setting; single
            mode of a one-op strategy), beside no DSA, the full strategy in single and
            multiple mode, and rotation's former dense form; calls in turns, JAX only.
-  runs     K independent distillation runs in one compiled program (distill.make_parallel_step;
+  runs     K independent distillation runs in one compiled program (launch/bench/parallel.py;
            --runs=1,3,6 --runs_setting --runs_kinds), JAX only: time of the K-run step against
            K steps of one run, a kind's calls taken in turns.
   segments the DATM-CLR step matching k trajectory segments per iteration
-           (distill.num_segments; --segments, --segment_loops map/vmap), JAX only:
+           (config.distill.num_segments; --segments, --segment_loops map/vmap), JAX only:
            segments/s, against the first row.
   experts  expert-training throughput (images/s) with K experts in one compiled epoch (at once
            under vmap or in turn under lax.map: --expert_loops; split over all devices when
@@ -61,11 +61,12 @@ import argparse
 import dataclasses
 import functools
 import gc
+import importlib
 import os
-import platform
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 # JAX must not take 75% of an accelerator up front: PyTorch runs in the same process.
@@ -75,10 +76,31 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datm_clr_jax import (augment, distill, evaluate, experts, losses, sharding,  # noqa: E402
-                          torch_io)
+from datm_clr_jax import augment, evaluate, experts, losses, sharding, torch_io  # noqa: E402
 from datm_clr_jax.models import make_network  # noqa: E402
+from launch.bench import parallel, torch_dsa  # noqa: E402
+from launch.bench.timing import (  # noqa: E402
+    OOM, compiled_peak, cost_flops, fmt_bytes, fmt_compile, fmt_gflop, fmt_mflop, fmt_rate,
+    fmt_round_ratios, fmt_s, is_oom, loop_label, machine, median_time, median_times_interleaved, ratio, table,
+    times_interleaved)
+
+
+def library(package: str = "datm_clr_jax") -> types.SimpleNamespace:
+  """What setup_distill builds a step from, out of `package`: this tree's, or an older copy
+  (launch/bench/ab_step.py), whose step lived in a module named distill."""
+  models = importlib.import_module(f"{package}.models")
+  try:
+    outer = importlib.import_module(f"{package}.step")
+    feature_dim = models.feature_dim
+  except ModuleNotFoundError:
+    outer = importlib.import_module(f"{package}.distill")
+    feature_dim = outer.feature_dim
+  return types.SimpleNamespace(
+      StepConfig=outer.StepConfig, OuterOptim=outer.OuterOptim, init_state=outer.init_state,
+      make_distill_step=outer.make_distill_step, feature_dim=feature_dim,
+      make_network=models.make_network,
+      default_strategy=importlib.import_module(f"{package}.augment").DEFAULT_STRATEGY)
+
 
 # name: (classes, ipc, N, batch_syn) from SPEC §8.
 SETTINGS = {
@@ -89,119 +111,6 @@ SETTINGS = {
     "r1": (10, 1, 20, 10),  # protocol R1's step (SPEC §10); use with --width=32
 }
 QUICK = {"c10_ipc1": (10, 1, 4, 10), "c10_ipc10": (10, 10, 4, 100)}
-
-
-def median_time(fn, repeats: int) -> float:
-  fn()  # warm-up (the first call may still allocate)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def times_interleaved(fns: list, repeats: int, between=None, settle: bool = True
-                      ) -> list[list[float]]:
-  """Each fn's `repeats` call times (s), the calls taken in turns (ABAB..., reversed every
-  other round), so a machine that slows down or speeds up during the run favours none of them.
-  `between`, if given, runs untimed after every call (e.g. handing PyTorch's cached memory
-  back).
-
-  settle: each timed call comes right after an untimed call of the same fn, as in a run, which
-  calls one step back to back. The first call after another program can pay for memory that
-  program freed: on a VM whose balloon reports free pages, the host takes freed memory back
-  and the next touch of it faults on the host (launch/results/benchmark_cpu.md, "Settled
-  calls"), which slowed the step after a PyTorch call far more than its FLOPs.
-  """
-  for fn in fns:
-    fn()
-    if between:
-      between()
-  times = [[] for _ in fns]
-  for r in range(repeats):
-    order = list(range(len(fns)))[::1 if r % 2 == 0 else -1]
-    for i in order:
-      if settle:
-        fns[i]()
-      t0 = time.perf_counter()
-      fns[i]()
-      times[i].append(time.perf_counter() - t0)
-      if between:
-        between()
-  return times
-
-
-def median_times_interleaved(fns: list, repeats: int, between=None, settle: bool = True
-                             ) -> list[float]:
-  """The median of each fn's times_interleaved."""
-  return [statistics.median(t) for t in times_interleaved(fns, repeats, between, settle)]
-
-
-def round_ratios(num: list[float], den: list[float]) -> tuple[float, float, float]:
-  """(median, min, max) of num[r] / den[r] over rounds r: two steps' times from the same
-  rounds of times_interleaved, so each ratio compares calls a few seconds apart."""
-  r = [a / b for a, b in zip(num, den, strict=True)]
-  return statistics.median(r), min(r), max(r)
-
-
-def fmt_round_ratios(num, den) -> str:
-  if not num or not den:
-    return "-"
-  med, lo, hi = round_ratios(num, den)
-  return f"{med:.3f} ({lo:.3f}-{hi:.3f})"
-
-
-OOM = "out of memory"  # a cell whose run did not fit in the device's memory
-
-
-def is_oom(e: Exception) -> bool:
-  """PyTorch's OutOfMemoryError, XLA's RESOURCE_EXHAUSTED, or a host allocation failure."""
-  text = str(e)
-  return "out of memory" in text.lower() or "RESOURCE_EXHAUSTED" in text
-
-
-def fmt_bytes(n) -> str:
-  return "-" if n is None else f"{n / 2**20:,.1f} MiB"
-
-
-def fmt_s(t) -> str:
-  if t is None:
-    return "-"
-  if t == OOM:
-    return OOM
-  return f"{t * 1e3:,.1f} ms" if t < 10 else f"{t:,.1f} s"
-
-
-def fmt_compile(c) -> str:
-  return "-" if c is None else f"{c:.1f} s"
-
-
-def loop_label(loop: str, resolved: str) -> str:
-  """'vmap', or 'auto (map)' when 'auto' was resolved."""
-  return loop if loop == resolved else f"{loop} ({resolved})"
-
-
-def ratio(t_torch, t_jax) -> str:
-  if t_torch is None or t_jax is None or OOM in (t_torch, t_jax):
-    return "-"
-  return f"{t_torch / t_jax:.2f}x"
-
-
-def table(header, rows) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-  return "\n".join(lines)
-
-
-def compiled_peak(compiled) -> int | None:
-  """Peak bytes XLA plans for one call: arguments + outputs + temporaries - aliased."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-  except Exception:  # some backends return None or raise
-    return None
 
 
 class Torch:
@@ -248,17 +157,18 @@ KINDS = {"matched": ("none", False), "datm + dsa": ("single", False), "datm-clr"
 
 def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, remat="1",
                   unroll=1, conv_impl="auto", num_segments=1, segment_loop="map", kind=None,
-                  views="extra", strategy=None, dsa_mode=None, runs=0):
+                  views="extra", strategy=None, dsa_mode=None, runs=0, lib=None):
   """JAX network, jitted step, initial state and fake trajectories at one setting's shapes.
 
   strategy / dsa_mode, when given, replace the kind's DSA (the dsa section's per-op rows).
   views: the contrastive views of the datm-clr kind; the other kinds keep DATM's CE view
   (shared views would draw it in view_mode, 'multiple').
-  runs > 0: that many independent runs in one program (distill.make_parallel_step), each
-  from its own initial images and key.
+  runs > 0: that many independent runs in one program (parallel.make_parallel_step), each
+  from its own initial images and key. lib: the package to build from (library()).
   """
+  lib = lib or library()
   shape = (size, size, 3)
-  net = make_network("convnet", classes, shape, width=width, conv_impl=conv_impl)
+  net = lib.make_network("convnet", classes, shape, width=width, conv_impl=conv_impl)
   n = classes * ipc
   rng = np.random.default_rng(0)
   images = rng.standard_normal((n, *shape)).astype(np.float32)
@@ -271,25 +181,25 @@ def setup_distill(classes, ipc, n_steps, batch_syn, width, size, *, full: bool, 
   kind_mode, clr = KINDS[kind or ("datm-clr" if full else "matched")]
   dsa_mode = dsa_mode or kind_mode
   if strategy is None:
-    strategy = augment.DEFAULT_STRATEGY if dsa_mode != "none" else ""
-  cfg = distill.StepConfig(
+    strategy = lib.default_strategy if dsa_mode != "none" else ""
+  cfg = lib.StepConfig(
       num_inner_steps=n_steps, expert_epochs=2, min_start_epoch=0, batch_syn=batch_syn,
       threshold=1e9, strategy=strategy,
       dsa_mode=dsa_mode, clr_strategy="fusion" if clr else "none",
       views=views if clr else "extra",
       unroll=unroll, num_segments=num_segments, segment_loop=segment_loop,
       **REMAT_MODES[remat][0])
-  opt = distill.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
-  feat = distill.feature_dim(net, shape)
+  opt = lib.OuterOptim(lr_img=100.0, lr_lr=1e-5, lr_y=2.0)
+  feat = lib.feature_dim(net, shape)
   syn_classes = np.repeat(np.arange(classes), ipc)
   if runs:
-    step = distill.make_parallel_step(net, cfg, opt, syn_classes, feat)
-    state = distill.stack_states([distill.init_state(images + 0.01 * k, logits, 0.01, opt)
+    step = parallel.make_parallel_step(net, cfg, opt, syn_classes, feat)
+    state = parallel.stack_states([lib.init_state(images + 0.01 * k, logits, 0.01, opt)
                                   for k in range(runs)])
     keys = jnp.stack([jax.random.PRNGKey(k) for k in range(runs)])
     return net, step, (state, jnp.asarray(traj), jnp.asarray(1, jnp.int32), keys), traj
-  step = distill.make_distill_step(net, cfg, opt, syn_classes, feat)
-  state = distill.init_state(images, logits, 0.01, opt)
+  step = lib.make_distill_step(net, cfg, opt, syn_classes, feat)
+  state = lib.init_state(images, logits, 0.01, opt)
   args = (state, jnp.asarray(traj), jnp.asarray(1, jnp.int32), jax.random.PRNGKey(0))
   return net, step, args, traj
 
@@ -298,7 +208,7 @@ def jax_distill_call(step, args, compiler_options=None):
   """(compile seconds, the compiled step as a blocking call, XLA's peak, XLA's FLOP count)
   after one call. XLA counts the scan body once whatever N: the count is one inner step's
   forward and backward plus the step's non-loop work, which includes the 'multiple'-mode
-  views of all N steps where the step draws them before the scan (distill.make_outer_loss).
+  views of all N steps where the step draws them before the scan (step.ViewPlan).
   compiler_options: XLA options for this compilation only (e.g. xla_cpu_multi_thread_eigen)."""
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile(compiler_options=compiler_options)
@@ -313,9 +223,8 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size,
   """MTT/DATM's outer step as a call: flat params, create_graph=True, backward to the syn set.
 
   kind (KINDS): "datm + dsa" augments each step's minibatch with DSA (single mode);
-  "datm-clr" also adds alpha * mean_n L_contrast (launch/torch_dsa.py) to the outer loss.
+  "datm-clr" also adds alpha * mean_n L_contrast (launch/bench/torch_dsa.py) to the outer loss.
   """
-  import torch_dsa  # pylint: disable=import-outside-toplevel
   torch = tb.torch
   dsa_mode, clr = KINDS[kind]
   f = torch.nn.functional
@@ -336,7 +245,7 @@ def torch_distill(tb: Torch, net, traj, classes, ipc, n_steps, batch_syn, size,
         np.concatenate([a.ravel() for a in tensors]), device=dev)
 
   labels = torch.arange(classes, device=dev).repeat_interleave(ipc)
-  feat_dim = distill.feature_dim(net, (size, size, 3))
+  feat_dim = library().feature_dim(net, (size, size, 3))
   shapes, start = torch_flat(traj[0, 0])
   _, target = torch_flat(traj[0, 2])
   sizes = [int(np.prod(s)) for s in shapes]
@@ -572,7 +481,7 @@ def section_dsa(a, tb):
 
 
 def section_runs(a, tb):
-  """K independent distillation runs compiled into one program (distill.make_parallel_step)
+  """K independent distillation runs compiled into one program (parallel.make_parallel_step)
   against one run's step, all K of a kind timed in turns: on a latency-bound device K runs
   should cost far less than K steps."""
   del tb
@@ -600,7 +509,7 @@ def section_runs(a, tb):
 
 
 def section_segments(a, tb):
-  """The DATM-CLR step matching k trajectory segments per iteration (distill.num_segments)."""
+  """The DATM-CLR step matching k trajectory segments per iteration (config.distill.num_segments)."""
   name, classes, ipc, n_steps, batch_syn = setting(a.segments_setting, a.quick)
   rows, base = [], None
   for i, loop in enumerate(a.segment_loops):
@@ -640,16 +549,6 @@ def torch_train(tb, net, flat, x, y, *, steps, batch, lr, momentum=0.0, wd=0.0, 
   tb.sync()
 
 
-def cost_flops(compiled) -> float | None:
-  """FLOPs XLA's cost analysis counts for one call of a compiled function."""
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
-  except Exception:  # some backends return None or leave the count out
-    return None
-
-
 def matmul_rate(n: int, repeats: int) -> float:
   """FLOP/s of an (n, n) @ (n, n) float32 matmul: the device's compute ceiling, as JAX gets it."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
@@ -670,19 +569,6 @@ def training_flops_per_image(arch: str, shape, width: int, batch: int) -> float 
   loss = lambda p, x, y: losses.soft_cross_entropy(net.apply_flat(p, x)[0], y)
   flops = cost_flops(jax.jit(jax.grad(loss)).lower(flat, x, y).compile())
   return None if flops is None else flops / batch
-
-
-def fmt_rate(flops_per_s) -> str:
-  """FLOP/s as GFLOP/s."""
-  return "-" if flops_per_s is None else f"{flops_per_s / 1e9:,.1f}"
-
-
-def fmt_gflop(flops) -> str:
-  return "-" if flops is None else f"{flops / 1e9:,.2f}"
-
-
-def fmt_mflop(flops) -> str:
-  return "-" if flops is None else f"{flops / 1e6:,.2f} MFLOP"
 
 
 def section_experts(a, tb):
@@ -838,14 +724,6 @@ SECTIONS = {"distill": section_distill, "memory": section_memory, "unroll": sect
             "test": section_test, "dsa": section_dsa, "runs": section_runs}
 
 
-def machine() -> str:
-  dev = jax.devices()[0]
-  kind = getattr(dev, "device_kind", dev.platform)
-  cpu = platform.processor() or platform.machine()
-  return (f"JAX {jax.__version__} on {dev.platform} ({kind}), {len(jax.devices())} device(s); "
-          f"host {cpu}, {os.cpu_count()} CPU cores")
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   csv = lambda s: [v for v in s.split(",") if v]
@@ -899,8 +777,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--no_settle", dest="settle", action="store_false",
                  help="time each call right after the previous fn's, not after an untimed "
-                      "call of its own (median_times_interleaved), as the tables before "
-                      "launch/results/benchmark_cpu.md's \"Settled calls\" were timed")
+                      "call of its own (timing.median_times_interleaved)")
   p.add_argument("--skip_full", action="store_true",
                  help="distill: only the matched rows (no DSA, no contrastive term)")
   p.add_argument("--clr_views", default="extra", choices=["extra", "shared"],
@@ -928,7 +805,8 @@ def main(argv=None):
       print(f"PyTorch columns left empty: {e}", flush=True)
   header = [f"# Benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
             machine() + (f"; PyTorch {tb.torch.__version__} on {tb.device}" if tb else ""),
-            "", "Command: `" + " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])) + "`",
+            "", "Command: `python -m launch.bench.benchmark "
+            + " ".join(argv or sys.argv[1:]) + "`",
             f"ConvNet width {a.width}, {a.size}x{a.size} images, median of {a.repeats}; "
             f"distill section: remat {a.remat}, scan unroll {a.unroll}; "
             f"conv_impl {a.conv_impl} (every section).", ""]

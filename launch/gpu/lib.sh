@@ -1,4 +1,4 @@
-# Shared by the device scripts (launch/gpu_session.sh, launch/gpu_g1.sh); source it after
+# Shared by the device scripts (launch/gpu/session.sh, launch/gpu/g1.sh); source it after
 # setting PY, OUT and LOG.
 
 phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and seconds
@@ -13,7 +13,7 @@ phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and
   echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/phases.txt" >> "$LOG"
 }
 
-unpack_carry() {  # what launch/gpu_carry.py packed: wheels into /tmp/site, the data unpacked
+unpack_carry() {  # what launch/gpu/carry.py packed: wheels into /tmp/site, the data unpacked
   local carry=${CARRY:-.gpu_carry}
   [ -d "$carry" ] || return 0
   if compgen -G "$carry/*.whl" > /dev/null; then
@@ -23,7 +23,7 @@ unpack_carry() {  # what launch/gpu_carry.py packed: wheels into /tmp/site, the 
   fi
   compgen -G "$carry/*.xz" > /dev/null || return 0
   # xz and sha256sum stand in where this Python was built without lzma.
-  $PY "$(dirname "${BASH_SOURCE[0]}")/gpu_carry.py" unpack --carry "$carry" >> "$LOG" 2>&1 ||
+  $PY "$(dirname "${BASH_SOURCE[0]}")/carry.py" unpack --carry "$carry" >> "$LOG" 2>&1 ||
     (cd "$carry" && for f in *.xz; do
        xz -dkf "$f" && sha256sum -c "${f%.xz}.sha256" || exit 1
      done) >> "$LOG" 2>&1 ||

@@ -1,7 +1,7 @@
 """The cost of touching 512 MiB of fresh pages right after freeing as much, and after a wait
 of some seconds (a balloon that reports free pages hands freed memory back to the host):
 
-  .venv/bin/python launch/results/settled_calls/touch_after_free.py
+  .venv/bin/python -m launch.bench.touch_after_free
 """
 
 import resource

@@ -2,7 +2,7 @@
 pair follows another step's call, the second its own. JAX and PyTorch, DATM + DSA and DATM-CLR
 (shared views, remat with the convolutions kept), at one benchmark setting:
 
-  .venv/bin/python launch/results/settled_calls/first_and_second_call.py c10_ipc1:20 128 3
+  .venv/bin/python -m launch.bench.settled_calls c10_ipc1:20 128 3
 
 Prints each call's median time, minor page faults and system time, first and second.
 """
@@ -11,13 +11,8 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "launch"))
-
-import benchmark  # noqa: E402
+from launch.bench import benchmark, timing
 
 KINDS = ("datm + dsa", "datm-clr")
 
@@ -48,7 +43,7 @@ def main(spec: str, width: int, rounds: int):
   for label, fn in steps.items():
     call = measured(fn, logs[label])
     pairs.append(lambda call=call: (call(), call()))
-  benchmark.times_interleaved(pairs, rounds, settle=False)
+  timing.times_interleaved(pairs, rounds, settle=False)
   print(f"{name}: N={n_steps} width={width}, {rounds} rounds; median ms (faults, system s)")
   med = {}
   for label, log in logs.items():

@@ -1,9 +1,9 @@
 """PyTorch renderings for the benchmark harness: DSA and the contrastive term.
 
-Written for `launch/benchmark.py` so that its PyTorch step does the work a real run does: the
-same DSA op families and parameter ranges as `datm_clr_jax/augment.py` (SPEC §3; per-sample
+Written for `launch/bench/benchmark.py` so that its PyTorch step does the work a real run
+does: the same DSA op families and parameter ranges as `datm_clr_jax/augment.py` (per-sample
 parameters, "single" = one random family for the whole batch, "multiple" = all in turn), and
-the DATM-CLR term of `datm_clr_jax/distill.py` (two "multiple" views, the student's features,
+the DATM-CLR term of `datm_clr_jax/step.py` (two "multiple" views, the student's features,
 a random width-matched head, SupCon). It mirrors the reference's cost, not its random
 stream: numbers are compared by time, never value by value.
 """

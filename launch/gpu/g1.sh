@@ -6,19 +6,19 @@
 #      under study, in the plan's order); each cell distills and evaluates (5 seeds), and
 #      its results.json, metrics.jsonl and cell.json land in launch/results/g1/runs/;
 #   2. runs: K = 1, 3, 6 independent distillation runs compiled into one program
-#      (benchmark.py --sections=runs, distill.make_parallel_step) at CIFAR-10 IPC 1.
+#      (launch.bench.benchmark --sections=runs, launch/bench/parallel.py) at CIFAR-10 IPC 1.
 # Usage (the device has no registry and no ml_collections; the data and the wheel travel in
 # the git-ignored .gpu_carry/, which the script unpacks first):
-#   here:  .venv/bin/python launch/gpu_carry.py pack
-#   run (carry [".gpu_carry"], timeout 600):  OUT=$OUT timeout 570 bash launch/gpu_g1.sh
+#   here:  .venv/bin/python launch/gpu/carry.py pack
+#   run (carry [".gpu_carry"], timeout 600):  OUT=$OUT timeout 570 bash launch/gpu/g1.sh
 # Sizes: at the step times of launch/results/benchmark_gpu.md, A0 and one arm fit T_G1 with
 # their evaluations; a second arm may be cut by the limit (its checkpoint is lost with the
 # machine: the next lease runs it again).
 # Outputs: phases.txt, session.log, benchmark_gpu_runs.md and g1.tar (the plan folder's
 # runs/, summary.json, table.md and plots, and each cell's config.json and syn_images.png).
-# A local smoke run: ALLOW_CPU=1 PLAN=<a plan with tiny overrides> bash launch/gpu_g1.sh
+# A local smoke run: ALLOW_CPU=1 PLAN=<a plan with tiny overrides> bash launch/gpu/g1.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
 OUT=${OUT:-checkpoints/gpu_out}
 PLAN=${PLAN:-launch/results/g1/plan.json}
@@ -29,12 +29,12 @@ RUNS_ARGS=${RUNS_ARGS:---runs_setting=c10_ipc1 --runs=1,3,6 --clr_views=shared -
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 LOG="$OUT/session.log"
-source launch/gpu_lib.sh
+source launch/gpu/lib.sh
 unpack_carry
 probe
 
 phase g1 "$T_G1" $PY -m datm_clr_jax --mode=study --study="$PLAN" --workdir="$ROOT"
-phase runs "$T_RUNS" $PY launch/benchmark.py --sections=runs --runs_kinds=datm-clr \
+phase runs "$T_RUNS" $PY -m launch.bench.benchmark --sections=runs --runs_kinds=datm-clr \
   $RUNS_ARGS --out "$OUT/benchmark_gpu_runs.md"
 
 RESULTS=$(dirname "$PLAN")
