@@ -118,11 +118,8 @@ def distill(config, x_train, y_train, trajectories, final_params=None) -> Synthe
   state = distillation.run_distillation(
       step.make_distill_step(net, step_cfg, opt, syn_classes, feat), state,
       jnp.asarray(trajectories), iterations=d.iterations, seed=config.seed,
-      schedule=lambda it: distillation.start_epoch_upper(
-          it, max_start_epoch=d.max_start_epoch, sequential=d.sequential,
-          current_max_start_epoch=d.current_max_start_epoch, expansion_end=d.expansion_end),
-      ckpt=None, checkpoint_every=d.checkpoint_every, log_every=d.log_every,
-      log=metrics.append)
+      schedule=distillation.schedule(d), ckpt=None, checkpoint_every=d.checkpoint_every,
+      log_every=d.log_every, log=metrics.append)
   return SyntheticSet(np.asarray(state.syn_images), np.asarray(state.syn_labels),
                       float(state.syn_lr), metrics)
 

@@ -7,6 +7,7 @@ checkpoint continues the very same sequence of experts, start epochs and augment
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -27,6 +28,15 @@ def start_epoch_upper(it: int, *, max_start_epoch: int, sequential: bool,
     return max_start_epoch
   grow = int((max_start_epoch - current_max_start_epoch) * it / max(expansion_end, 1))
   return min(max_start_epoch, current_max_start_epoch + grow)
+
+
+def schedule(distill_config):
+  """it -> the start epoch's exclusive upper bound, DATM's schedule as config.distill sets it."""
+  d = distill_config
+  return functools.partial(start_epoch_upper, max_start_epoch=d.max_start_epoch,
+                           sequential=d.sequential,
+                           current_max_start_epoch=d.current_max_start_epoch,
+                           expansion_end=d.expansion_end)
 
 
 def expert_logits(network: Network, final_params: np.ndarray, x: np.ndarray,

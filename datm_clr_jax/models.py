@@ -360,6 +360,6 @@ class ProjectionHead(nn.Module):
   @nn.compact
   def __call__(self, f):
     # The output layer is built first, so it is TorchDense_0 and the hidden one TorchDense_1:
-    # the parameter names (and the random heads drawn from them) of earlier runs.
+    # checkpointed heads, and the random heads a seed draws, are keyed by these names.
     out = TorchDense(self.out_dim)
     return out(nn.relu(checkpoint_name(TorchDense(self.hidden)(f), HEAD_HIDDEN)))

@@ -17,6 +17,7 @@ Workdir layout:
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -121,6 +122,7 @@ class Run:
     self.save_curves()
 
   # --------------------------------------------------------------------------- distill
+  @functools.cached_property
   def step_parts(self):
     """(network, StepConfig, OuterOptim, feature width) of this run's distillation."""
     net = self.network()
@@ -131,7 +133,7 @@ class Run:
 
   def state_template(self) -> step.SynState:
     """A SynState of this run's shapes (and its fixed or learned head), to restore into."""
-    _, step_cfg, opt, feat = self.step_parts()
+    _, step_cfg, opt, feat = self.step_parts
     n = self.config.distill.ipc * self.num_classes
     return step.init_state(np.zeros((n, *self.image_shape), np.float32),
                            np.zeros((n, self.num_classes), np.float32),
@@ -164,7 +166,7 @@ class Run:
 
   def distill(self) -> step.SynState:
     d = self.config.distill
-    net, step_cfg, opt, feat = self.step_parts()
+    net, step_cfg, opt, feat = self.step_parts
     trajectories, final_params = experts.load_trajectories(
         self.experts_dir, num_params=net.num_params, num_experts=d.num_experts or None,
         min_length=d.max_start_epoch + d.expert_epochs, return_final=True)
@@ -188,10 +190,7 @@ class Run:
           step.make_distill_step(net, step_cfg, opt, syn_classes, feat, self.mesh),
           sharding.shard_leading(state, self.mesh),
           sharding.replicate(jnp.asarray(trajectories), self.mesh),
-          iterations=d.iterations, seed=self.config.seed,
-          schedule=lambda it: distillation.start_epoch_upper(
-              it, max_start_epoch=d.max_start_epoch, sequential=d.sequential,
-              current_max_start_epoch=d.current_max_start_epoch, expansion_end=d.expansion_end),
+          iterations=d.iterations, seed=self.config.seed, schedule=distillation.schedule(d),
           ckpt=ckpt, checkpoint_every=d.checkpoint_every, log_every=d.log_every, log=self.log,
           every=d.select_every, on_every=self._selector(net) if d.select == "val" else None,
           on_save=lambda done: self.save_curves(at_most_every=CURVES_EVERY_S),

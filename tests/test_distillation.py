@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from datm_clr_jax import checkpointing, distillation, errors, models, step
+from conftest import tiny_config
 from test_step import CLASSES, SHAPE, _setup
 
 
@@ -15,6 +16,10 @@ def test_start_epoch_schedule():
   assert distillation.start_epoch_upper(500, **kw) == 15
   assert distillation.start_epoch_upper(5000, **kw) == 20
   assert distillation.start_epoch_upper(7, **{**kw, "sequential": False}) == 20
+  config = tiny_config()
+  config.distill.update(sequential=True, max_start_epoch=20, current_max_start_epoch=10,
+                        expansion_end=1000)
+  assert [distillation.schedule(config.distill)(it) for it in (0, 500, 5000)] == [10, 15, 20]
 
 
 def test_initial_synset_from_experts():

@@ -56,7 +56,7 @@ def extract_package(rev: str, dest: Path) -> Path:
 
 
 def import_package(pkg: Path) -> None:
-  """Imports the package folder `pkg` under its own name, without touching sys.path."""
+  """Imports the package folder `pkg` under its own name, leaving the import path alone."""
   spec = importlib.util.spec_from_file_location(pkg.name, pkg / "__init__.py",
                                                 submodule_search_locations=[str(pkg)])
   module = importlib.util.module_from_spec(spec)
