@@ -26,12 +26,8 @@ ROOT=${ROOT:-checkpoints/g1}
 T_G1=${T_G1:-450}
 T_RUNS=${T_RUNS:-90}
 RUNS_ARGS=${RUNS_ARGS:---runs_setting=c10_ipc1 --runs=1,3,6 --clr_views=shared --repeats=5}
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT" "$ROOT"
-LOG="$OUT/session.log"
 source launch/gpu/lib.sh
-unpack_carry
-probe
+start
 
 phase g1 "$T_G1" $PY -m datm_clr_jax --mode=study --study="$PLAN" --workdir="$ROOT"
 phase runs "$T_RUNS" $PY -m launch.bench.benchmark --sections=runs --runs_kinds=datm-clr \

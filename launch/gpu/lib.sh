@@ -1,5 +1,13 @@
 # Shared by the device scripts (launch/gpu/session.sh, launch/gpu/g1.sh); source it after
-# setting PY, OUT and LOG.
+# setting PY, OUT and ROOT, then call start.
+
+start() {  # the output folders and log, the carried files unpacked, the device probed
+  export PYTHONUNBUFFERED=1
+  mkdir -p "$OUT" "$ROOT"
+  LOG="$OUT/session.log"
+  unpack_carry
+  probe
+}
 
 phase() {  # phase NAME LIMIT_S CMD...: runs CMD under a time limit, logs rc and seconds
   local name=$1 limit=$2 t0 rc

@@ -49,13 +49,8 @@ R1_EXTRA=${R1_EXTRA:-}
 # N = 80 no-remat plan, the test pass and the scan unroll. Memory goes last: its two N = 80
 # compiles of the full step take the longest (the first session: 19.6-40.9 s each).
 BENCH_ARGS=${BENCH_ARGS:---sections=experts,eval,distill,test,unroll,memory --settings=c10_ipc50,c100_ipc10 --remat=convs --skip_full --expert_k=1,2,4,8,16,32 --expert_loops=vmap,map --matmul_size=8192 --eval_seeds=1,5,10 --eval_loops=vmap,map --memory_settings=c100_ipc10 --memory_steps=80 --unrolls=1,4 --repeats=3}
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT" "$ROOT"
-LOG="$OUT/session.log"
-
 source launch/gpu/lib.sh
-unpack_carry
-probe
+start
 M="$PY -m datm_clr_jax"
 C10="--config=configs/cifar10_ipc1.py --workdir=$ROOT/c10_ipc1 $SRC --config.data.cache_dir=$ROOT/cache"
 
