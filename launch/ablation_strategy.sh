@@ -4,7 +4,7 @@
 #   SETTING: cifar10_ipc1 (default) | cifar10_ipc10 | cifar100_ipc1; experts come from
 #   checkpoints/SETTING/experts (run launch/SETTING.sh --mode=experts first).
 # Results: checkpoints/SETTING/ablation_strategy/<strategy>_<views>/results.json
-# The paper's caption reads "Multiple" as several synthetic trajectories instead (SPEC §3):
+# The paper's caption reads "Multiple" as several synthetic trajectories instead:
 # SEGMENTS=k matches k trajectory segments per iteration (distill.num_segments) in every run,
 # into <strategy>_<views>_<k>seg; the report labels those cells with the segment count.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Network shapes, parameter counts (SPEC §2) and the two convolution implementations."""
+"""Network shapes, parameter counts against the PyTorch definitions, initialisation, vmap."""
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +90,7 @@ def _conv(cin, cout, k, bias=True):
 
 
 def test_cross_architecture_param_counts():
-  """Counts from the layer lists of SPEC §2, added up by hand here."""
+  """Counts from the reference networks' layer lists, added up by hand here."""
   # ResNet18: stem, 4 stages of 2 basic blocks (two 3x3 convs + norms), 1x1 projections.
   resnet = _conv(3, 64, 3, False) + 2 * 64
   cin = 64

@@ -102,13 +102,13 @@ def library(package: str = "datm_clr_jax") -> types.SimpleNamespace:
       default_strategy=importlib.import_module(f"{package}.augment").DEFAULT_STRATEGY)
 
 
-# name: (classes, ipc, N, batch_syn) from SPEC §8.
+# name: (classes, ipc, N, batch_syn), DATM's values (configs/).
 SETTINGS = {
     "c10_ipc1": (10, 1, 80, 10),
     "c10_ipc10": (10, 10, 80, 100),
     "c10_ipc50": (10, 50, 80, 500),
     "c100_ipc10": (100, 10, 80, 1000),
-    "r1": (10, 1, 20, 10),  # protocol R1's step (SPEC §10); use with --width=32
+    "r1": (10, 1, 20, 10),  # protocol R1's step (configs/cifar10_r1.py); use --width=32
 }
 QUICK = {"c10_ipc1": (10, 1, 4, 10), "c10_ipc10": (10, 10, 4, 100)}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device call a lent session makes first: protocol G1 (SPEC §10) for the contrastive
+# The device call a lent session makes first: protocol G1 (configs/cifar10_g1.py) for the contrastive
 # study's arms, then the performance issue's GPU rows, each phase under its own time limit.
 #   1. g1: the study runner on launch/results/g1/plan.json (configs/cifar10_g1.py: 10 experts
 #      of 6 epochs, width 128, N = 80, 1,000 iterations, seed 0; cells A0, then the arms

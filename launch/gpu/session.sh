@@ -12,7 +12,7 @@
 #      epoch 6; the initial images are then chosen by epoch-6 experts instead of epoch-50
 #      ones), as many distillation iterations as T_DISTILL seconds allow (killed with SIGINT,
 #      then evaluated from the last checkpoint), the 5-seed ConvNet evaluation of 1000 epochs;
-#   3. protocol R1's experts (SPEC §10: 5 x 8 epochs, width 32), only when T_R1 > 0 (the R1
+#   3. protocol R1's experts (5 x 8 epochs, width 32), only when T_R1 > 0 (the R1
 #      reproduction has its experts from the CPU, so the default skips this).
 # A phase whose limit is 0 is skipped. The session stops at once when JAX sees no GPU.
 # Usage: OUT=<dir> DATA=<cifar10-jpeg.zip> bash launch/gpu/session.sh
@@ -68,7 +68,7 @@ phase benchmark_hybrid "$T_BENCH_HYBRID" $PY -m launch.bench.benchmark --section
 phase benchmark_narrow "$T_BENCH_NARROW" $PY -m launch.bench.benchmark --sections=experts --width=32 \
   --expert_k=1,2,4,8,16,32,64 --expert_loops=vmap,map --repeats=3 --matmul_size=8192 \
   --out "$OUT/benchmark_gpu_narrow.md"
-# k trajectory segments per iteration at CIFAR-10 IPC 1 (SPEC §3: a way to fill a large GPU).
+# k trajectory segments per iteration at CIFAR-10 IPC 1 (a way to fill a large GPU).
 phase benchmark_segments "$T_BENCH_SEGMENTS" $PY -m launch.bench.benchmark --sections=segments \
   --segments=1,4 --segment_loops=map,vmap --repeats=3 --out "$OUT/benchmark_gpu_segments.md"
 phase c10_experts "$T_EXPERTS" $M $C10 --mode=experts --config.experts.num_experts="$EXPERTS" \
