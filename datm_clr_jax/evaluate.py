@@ -196,8 +196,8 @@ def make_tester(network: Network, loop: str = "vmap", chunk: int = 1000):
   `loop` ('vmap' or 'map', resolved) runs the S networks side by side or in turn, as they
   were trained. On one CPU device 'map' keeps the network's own convolutions, which tested
   faster than vmap's im2col (launch/results/cross_arch_cpu.md). Under 'vmap' each call takes
-  chunk // S images per network, so memory does not grow with S (a full chunk per network
-  made AlexNet's im2col patches too large for a 24 GiB machine).
+  chunk // S images per network, so memory does not grow with S (AlexNet's im2col patches
+  for a full chunk per network outgrow a CPU machine's memory).
   """
   if loop == "vmap":
     network = network.for_vmap()
