@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
+import re
+import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,32 @@ from datm_clr_jax.errors import CheckpointError
 
 
 class _QuietOrbax(std_logging.Filter):
-  """Orbax logs every save at INFO through absl; that drowns a run's progress lines."""
+  """Orbax logs every save at INFO through absl, which drowns a run's progress lines, and
+  every metadata file it cannot read, which StepCheckpoints reports itself in one line."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    return record.levelno >= std_logging.WARNING and "etadata" not in record.getMessage()
 
 
 std_logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+def _drop_closed_loop_callbacks(hook):
+  """When a restore fails, orbax closes its event loop while tensorstore's other reads still
+  hold callbacks into it; each then raises 'Event loop is closed' where nothing can catch it.
+  The failure itself is reported (StepCheckpoints); these echoes are dropped."""
+
+  def unraisable(info):
+    if not (isinstance(info.exc_value, RuntimeError)
+            and str(info.exc_value) == "Event loop is closed"):
+      hook(info)
+
+  return unraisable
+
+
+sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -109,16 +132,30 @@ def restore_tree(path, target: Any | None = None) -> Any:
 
 
 class StepCheckpoints:
-  """Step-numbered checkpoints of one pytree in `directory`, keeping the newest `keep`."""
+  """Step-numbered checkpoints of one pytree in `directory`, keeping the newest `keep`.
+
+  Partial writes a kill left behind (orbax's temporary folders) are removed when it opens. A
+  step that cannot be read is moved aside, never deleted: restore_latest renames it
+  `<step>.unreadable-<time>` with the reason in its reason.txt, and resumes from the newest
+  readable one, so the run saves that step again when it gets there. Usable as a context
+  manager (closed on exit).
+  """
 
   def __init__(self, directory, keep: int = 2):
     self.directory = _abs(directory)
+    remove_partial_writes(self.directory)
     extra = {"create": True}
     if distributed.count() > 1:  # orbax then leaves creating the folder to us
       self.directory.mkdir(parents=True, exist_ok=True)
       extra = {"create": False, "multiprocessing_options": _this_process_only()}
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **extra))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   def save(self, step: int, tree: Any) -> None:
     self._manager.save(step, args=ocp.args.StandardSave(
@@ -132,21 +169,66 @@ class StepCheckpoints:
     except Exception as e:
       raise CheckpointError(
           f"checkpoint step {step} in {self.directory} could not be read "
-          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); delete that step's folder "
-          "to resume from an earlier one, or the whole folder to start over") from e
+          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
 
   def restore_latest(self, target: Any) -> tuple[int, Any] | None:
-    """(step, tree) of the newest readable checkpoint, or None if there is none."""
-    steps = sorted(self._manager.all_steps(), reverse=True)
-    for step in steps:
+    """(step, tree) of the newest readable checkpoint, or None if there is none.
+
+    Raises CheckpointError, moving nothing, when a step is readable but holds other shapes
+    than `target` (a run of another config); moves unreadable steps aside (class docstring).
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      stored = self._stored_shapes(step)
+      if stored is not None:
+        wanted = _shapes(target)
+        if stored != wanted:
+          diff = ", ".join(f"{k} {stored.get(k, '-')} (this run: {wanted.get(k, '-')})"
+                           for k in sorted(set(stored) | set(wanted))
+                           if stored.get(k) != wanted.get(k))
+          raise CheckpointError(f"checkpoint step {step} in {self.directory} holds another "
+                                f"run's state: {diff}; use another --workdir")
       try:
         return step, self.restore(step, target)
       except CheckpointError as e:
-        logging.warning("%s; trying an older one", e)
-    if steps:
-      raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} is readable; "
-                            "delete the folder to start over")
+        aside = self._move_aside(step, str(e))
+        logging.warning("%s; moved aside to %s, resuming from an older one", e, aside.name)
     return None
+
+  def _stored_shapes(self, step: int) -> dict | None:
+    """The step's array shapes by path, or None when its metadata cannot be read."""
+    try:
+      meta = _checkpointer().metadata(self.directory / str(step) / "default")
+      meta = getattr(meta, "item_metadata", meta)
+    except Exception:  # noqa: BLE001 -- unreadable: the restore that follows says why
+      return None
+    return None if meta is None else _shapes(meta)
+
+  def _move_aside(self, step: int, reason: str) -> Path:
+    aside = self.directory / f"{step}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.replace(self.directory / str(step), aside)
+    (aside / "reason.txt").write_text(reason + "\n")
+    self._manager.reload()
+    return aside
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{'opt_images/0/trace': (10, 8, 8, 1), ...}: a tree's array shapes by path, the same for
+  a dataclass and the nested dicts orbax stores it as."""
+  return {"/".join(re.findall(r"\w+", jax.tree_util.keystr(path))): tuple(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def remove_partial_writes(directory) -> None:
+  """Removes the temporary folders orbax writes before renaming, left by a kill mid-save
+  (the checkpoint they were becoming never existed; the previous one is intact)."""
+  directory = Path(directory)
+  if directory.is_dir():
+    for tmp in directory.glob(f"*{_TMP_MARK}*"):
+      shutil.rmtree(tmp, ignore_errors=True)
+      logging.info("removed %s, a checkpoint write a kill interrupted", tmp)
+
+
+_TMP_MARK = ".orbax-checkpoint-tmp"

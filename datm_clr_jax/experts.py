@@ -172,6 +172,7 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
   meta.update(meta_extra or {})
   if process_index == 0:
     _write_meta(root, meta)
+    checkpointing.remove_partial_writes(root)
   done = set(finished_experts(root)) if process_index == 0 else set()
   trainer = lambda: make_group_trainer(network, x_train, y_train, lr=lr, batch_size=batch_size,
                                        strategy=strategy, dsa_mode=dsa_mode, gsam=gsam,

@@ -142,9 +142,8 @@ class Run:
 
   def load_state(self) -> step.SynState | None:
     """The newest distillation checkpoint, or None."""
-    ckpt = checkpointing.StepCheckpoints(self.workdir / "distill", keep=2)
-    got = ckpt.restore_latest(self.state_template())
-    ckpt.close()
+    with checkpointing.StepCheckpoints(self.workdir / "distill", keep=2) as ckpt:
+      got = ckpt.restore_latest(self.state_template())
     if got is None:
       return None
     distillation.check_finite_state(got[1])
@@ -170,13 +169,21 @@ class Run:
     trajectories, final_params = experts.load_trajectories(
         self.experts_dir, num_params=net.num_params, num_experts=d.num_experts or None,
         min_length=d.max_start_epoch + d.expert_epochs, return_final=True)
-    ckpt = checkpointing.StepCheckpoints(self.workdir / "distill", keep=2)
+    with checkpointing.StepCheckpoints(self.workdir / "distill", keep=2) as ckpt:
+      state = self._resume_or_start(ckpt, net, final_params)
+      return self._distill_from(state, ckpt, net, step_cfg, opt, feat, trajectories)
+
+  def _resume_or_start(self, ckpt, net, final_params) -> step.SynState:
+    """The newest checkpoint's state, or the initial set; metrics past it are dropped."""
     got = ckpt.restore_latest(self.state_template())
     if got is not None:
       distillation.check_finite_state(got[1])
       logging.info("distill: resuming from iteration %d", got[0])
-    state = got[1] if got is not None else self._initial_state(net, final_params)
     self.log.drop_after("distill", got[0] if got is not None else 0)
+    return got[1] if got is not None else self._initial_state(net, final_params)
+
+  def _distill_from(self, state, ckpt, net, step_cfg, opt, feat, trajectories):
+    d = self.config.distill
     syn_classes = np.repeat(np.arange(self.num_classes), d.ipc)
     logging.info("distill: %d synthetic images, N=%d, %d experts, clr=%s (alpha %g), "
                  "%d iterations%s", len(syn_classes), d.num_inner_steps, len(trajectories),
@@ -185,19 +192,16 @@ class Run:
                  f", {d.num_segments} trajectory segments per iteration "
                  f"({step_cfg.segment_loop})")
     t0 = time.time()
-    try:
-      state = distillation.run_distillation(
-          step.make_distill_step(net, step_cfg, opt, syn_classes, feat, self.mesh),
-          sharding.shard_leading(state, self.mesh),
-          sharding.replicate(jnp.asarray(trajectories), self.mesh),
-          iterations=d.iterations, seed=self.config.seed, schedule=distillation.schedule(d),
-          ckpt=ckpt, checkpoint_every=d.checkpoint_every, log_every=d.log_every, log=self.log,
-          every=d.select_every, on_every=self._selector(net) if d.select == "val" else None,
-          on_save=lambda done: self.save_curves(at_most_every=CURVES_EVERY_S),
-          diagnose=(step.make_diagnostics(net, step_cfg, syn_classes, feat, self.mesh)
-                    if d.diagnostics else None))
-    finally:
-      ckpt.close()
+    state = distillation.run_distillation(
+        step.make_distill_step(net, step_cfg, opt, syn_classes, feat, self.mesh),
+        sharding.shard_leading(state, self.mesh),
+        sharding.replicate(jnp.asarray(trajectories), self.mesh),
+        iterations=d.iterations, seed=self.config.seed, schedule=distillation.schedule(d),
+        ckpt=ckpt, checkpoint_every=d.checkpoint_every, log_every=d.log_every, log=self.log,
+        every=d.select_every, on_every=self._selector(net) if d.select == "val" else None,
+        on_save=lambda done: self.save_curves(at_most_every=CURVES_EVERY_S),
+        diagnose=(step.make_diagnostics(net, step_cfg, syn_classes, feat, self.mesh)
+                  if d.diagnostics else None))
     logging.info("distill: done in %.1fs, syn_lr %.5f", time.time() - t0, float(state.syn_lr))
     self.save_curves()  # again: the last selection comes after the last checkpoint
     results_lib.save_synset(self.workdir, self.prepared, state, d.ipc)

@@ -162,3 +162,41 @@ def _interrupted_evaluation_resumes(run, results, monkeypatch):
   assert json.loads(path.read_text()) == again
   run.config.eval.random_real, run.config.eval.resume = False, True
   monkeypatch.undo()
+
+
+def _corrupt(step_dir, how):
+  files = [f for f in step_dir.rglob("*") if f.is_file() and f.stat().st_size > 0]
+  data = [f for f in files if f.parent.name == "d"]
+  if how == "overwritten":
+    for f in files:
+      f.write_bytes(b"x")
+  elif how == "truncated":
+    for f in data:
+      f.write_bytes(f.read_bytes()[:3])
+  else:  # garbled metadata, data intact
+    for f in files:
+      if "METADATA" in f.name:
+        f.write_text("{garbled")
+
+
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_goes_past_it(tmp_path):
+  """Overwritten, truncated or garbled newest steps: the rerun resumes from the newest good
+  step, keeps the bad one under <step>.unreadable-<time> with its reason, writes that step
+  anew, and ends on the uninterrupted run's arrays; an interrupted write's temp folder goes."""
+  config = tiny_config()  # 4 iterations, a checkpoint every 2
+  straight = pipeline.Run(config, str(tmp_path / "a"))
+  straight.experts()
+  full = straight.distill()
+  config.experts.dir = str(tmp_path / "a" / "experts")
+  for how in ("overwritten", "truncated", "garbled"):
+    work = tmp_path / how
+    pipeline.Run(config, str(work)).distill()
+    _corrupt(work / "distill" / "4", how)
+    (work / "distill" / "6.orbax-checkpoint-tmp-1765000000").mkdir()  # a kill mid-save
+    again = pipeline.Run(config, str(work)).distill()
+    names = sorted(p.name for p in (work / "distill").iterdir())
+    assert names[:2] == ["2", "4"] and names[2].startswith("4.unreadable-"), (how, names)
+    assert len(names) == 3, names
+    assert "could not be read" in (work / "distill" / names[2] / "reason.txt").read_text()
+    np.testing.assert_array_equal(again.syn_images, full.syn_images)
+    np.testing.assert_array_equal(again.syn_lr, full.syn_lr)
