@@ -10,14 +10,15 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from datm_clr_jax import cli, errors
+from datm_clr_jax import cli, errors, preemption
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _phases(fv, config):
   from datm_clr_jax import pipeline  # Deferred: flag errors should not wait for JAX imports.
-  pipeline.run(config, fv.workdir or str(ROOT / "checkpoints" / config.name), fv.mode)
+  pipeline.run(config, fv.workdir or str(ROOT / "checkpoints" / config.name), fv.mode,
+               resume_changed=fv.resume_changed)
 
 
 def _report(fv, config):
@@ -53,6 +54,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
   define("string", "workdir", None, "Output directory; default checkpoints/<config.name>.")
   define("enum", "mode", "all", "Phases to run (all, experts, distill, evaluate), or export, "
          "report (report.md from results), study (the missing cells of --study).", list(MODES))
+  define("bool", "resume_changed", False, "Resume a workdir's distillation although --config "
+         "changes its logging or evaluation fields or extends distill.iterations.")
   define("list", "report_dirs", None, "--mode=report: folders searched for results.json.")
   define("bool", "distributed", False, "Join JAX's distributed runtime (cluster environment, "
          "or the three flags below): experts and evaluation seeds are split over processes.")
@@ -80,9 +83,20 @@ def run_mode(fv: flags.FlagValues, argv: list[str]) -> int:
     MODES[fv.mode](fv, config)
   except errors.Error as e:  # expected failures: the one line that says what to do
     return cli.fail(e)
+  except errors.Preempted as e:
+    logging.warning("stopped by signal %d with the state saved; the same command resumes",
+                    e.signum)
+    return preemption.EXIT_PREEMPTED
   except KeyboardInterrupt:
     logging.warning("interrupted; checkpoints are kept: the same command resumes the run")
     return cli.INTERRUPTED
+  except Exception as e:  # noqa: BLE001 -- only an operating system's error is answered here
+    line = cli.os_error(e)
+    if line is None:
+      raise
+    print(f"error: {line}; the checkpoints written before it are intact: free the space or "
+          "fix the path, then run the same command", file=sys.stderr)
+    return cli.IO_ERROR
   return 0
 
 
@@ -99,5 +113,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
+  preemption.install()
   app.run(lambda rest: sys.exit(run_mode(flags.FLAGS, rest)),
           flags_parser=lambda argv: cli.parse_or_exit(define_flags, flags.FLAGS, argv))

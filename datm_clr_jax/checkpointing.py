@@ -28,13 +28,15 @@ from datm_clr_jax.errors import CheckpointError
 
 
 class _QuietOrbax(std_logging.Filter):
-  """Orbax logs every save at INFO through absl, which drowns a run's progress lines, and
-  every metadata file it cannot read, which StepCheckpoints reports itself in one line."""
+  """Orbax logs every save at INFO through absl, which drowns a run's progress lines; every
+  metadata file it cannot read, which StepCheckpoints reports in one line; and a failed
+  write's traceback from its background thread, whose exception reaches the caller anyway."""
 
   def filter(self, record):
     if "/orbax/" not in record.pathname:
       return True
-    return record.levelno >= std_logging.WARNING and "etadata" not in record.getMessage()
+    return (record.levelno >= std_logging.WARNING and "etadata" not in record.getMessage()
+            and not record.exc_info)
 
 
 std_logging.getLogger("absl").addFilter(_QuietOrbax())
@@ -60,7 +62,11 @@ def write_text(path: Path, text: str) -> None:
   """Writes text through a temporary file, so a kill never leaves half a file."""
   path = Path(path)
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
+  try:
+    tmp.write_text(text)
+  except OSError as e:  # a write error names no file: name it
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(path)) from e
   os.replace(tmp, path)
 
 
@@ -158,9 +164,15 @@ class StepCheckpoints:
     self.close()
 
   def save(self, step: int, tree: Any) -> None:
-    self._manager.save(step, args=ocp.args.StandardSave(
-        jax.tree_util.tree_map(np.asarray, tree)), force=True)
-    self._manager.wait_until_finished()
+    """Saves `tree` as `step`, whole or not at all: a failed write (a full disk) leaves the
+    previous steps as they were and no partial folder."""
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(
+          jax.tree_util.tree_map(np.asarray, tree)), force=True)
+      self._manager.wait_until_finished()
+    except BaseException:
+      remove_partial_writes(self.directory)
+      raise
 
   def restore(self, step: int, target: Any) -> Any:
     try:

@@ -7,12 +7,14 @@ Both raise errors.Error subclasses whose message names the field and what to do.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import ml_collections
 
-from datm_clr_jax import augment, data, distributed, evaluate, experts, losses, metric_writers
-from datm_clr_jax import sharding, step
+from datm_clr_jax import (augment, data, distributed, evaluate, experts, losses, metric_writers,
+                          models, sharding, step)
 from datm_clr_jax.errors import CheckpointError, ConfigError
 from datm_clr_jax.kernels import CONV_IMPLS
 from datm_clr_jax.models import ARCHS, NORMS
@@ -86,26 +88,37 @@ def _check_combinations(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(missing)
 
 
+# Numeric fields and their ranges (every float field must also be finite).
+POSITIVE = ("distill.ipc", "distill.iterations", "distill.num_inner_steps",
+            "distill.expert_epochs", "distill.syn_lr_init", "distill.lr_img", "distill.lr_lr",
+            "distill.lr_y", "distill.threshold", "distill.log_every", "distill.checkpoint_every",
+            "distill.scan_unroll", "distill.num_segments", "experts.epochs", "experts.lr",
+            "experts.num_experts", "experts.parallel", "experts.batch_size", "eval.num_eval",
+            "eval.epochs", "eval.batch_size", "eval.random_real_lr", "clr.temperature",
+            "clr.proj_dim", "clr.lr_head", "data.zca_eps")
+NON_NEGATIVE = ("clr.alpha", "clr.beta", "clr.lam", "eval.weight_decay", "eval.progress_every",
+                "distill.batch_syn", "distill.val_per_class", "distill.num_experts",
+                "data.image_size", "clr.proj_hidden", "experts.gsam_rho", "experts.gsam_alpha")
+MOMENTA = ("distill.momentum_img", "distill.momentum_lr", "distill.momentum_y",
+           "distill.student_momentum", "clr.momentum_head", "eval.momentum")
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+  values = _flat(config.to_dict())
+  for field, v in values.items():
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ConfigError(f"config.{field} must be a finite number, got {v}")
+  for fields, ok, what in ((POSITIVE, lambda v: v > 0, "positive"),
+                           (NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
+                           (MOMENTA, lambda v: 0 <= v < 1, "in [0, 1)")):
+    for field in fields:
+      if not ok(values[field]):
+        raise ConfigError(f"config.{field} must be {what}, got {values[field]}")
+
+
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
   d, ex = config.distill, config.experts
-  positive = {"distill.ipc": d.ipc, "distill.num_inner_steps": d.num_inner_steps,
-              "distill.expert_epochs": d.expert_epochs, "experts.epochs": ex.epochs,
-              "experts.num_experts": ex.num_experts, "experts.parallel": ex.parallel,
-              "eval.num_eval": config.eval.num_eval, "eval.epochs": config.eval.epochs,
-              "distill.syn_lr_init": d.syn_lr_init, "clr.temperature": config.clr.temperature,
-              "distill.log_every": d.log_every, "distill.checkpoint_every": d.checkpoint_every,
-              "distill.scan_unroll": d.scan_unroll, "distill.num_segments": d.num_segments}
-  for field, v in positive.items():
-    if not v > 0:
-      raise ConfigError(f"config.{field} must be positive, got {v}")
-  if not config.eval.progress_every >= 0:
-    raise ConfigError(f"config.eval.progress_every must be >= 0 (0: no progress lines), got "
-                      f"{config.eval.progress_every}")
-  if d.batch_syn < 0:
-    raise ConfigError(f"config.distill.batch_syn must be >= 0, got {d.batch_syn}")
-  if not 0 <= d.student_momentum < 1:
-    raise ConfigError(f"config.distill.student_momentum must lie in [0, 1), got "
-                      f"{d.student_momentum}")
+  _check_numbers(config)
   if not 0 <= d.min_start_epoch < d.max_start_epoch:
     raise ConfigError(f"need 0 <= distill.min_start_epoch ({d.min_start_epoch}) < "
                       f"distill.max_start_epoch ({d.max_start_epoch})")
@@ -131,16 +144,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_ranges(config)
 
 
-def preflight(config: ml_collections.ConfigDict, workdir, mode: str) -> None:
+def preflight(config: ml_collections.ConfigDict, workdir, mode: str,
+              resume_changed: bool = False) -> None:
   """Checks everything a run of `mode` needs that can be checked without data or training:
   every field (validate_config), the data source's path, eval.synset, experts.import_dir and
-  experts.dir, and that an evaluation has something to evaluate."""
+  experts.dir, that an evaluation has something to evaluate, that the experts fit the model,
+  and that the workdir's distillation was made with this config (check_same_run)."""
   _choice(mode, PHASE_MODES, "mode (--mode)")
   validate_config(config)
   data.check_source(config.data.source)
   if distributed.index() > 0:
     return  # the workdir is process 0's: the others read and write none of it
-  workdir, ex = Path(workdir), config.experts
+  _check_paths(config, Path(workdir), mode)
+  check_same_run(config, Path(workdir), mode, resume_changed)
+
+
+def _check_paths(config: ml_collections.ConfigDict, workdir: Path, mode: str) -> None:
+  ex = config.experts
   synset = config.eval.synset
   if synset and mode in ("all", "evaluate") and not Path(synset).exists():
     raise ConfigError(f"config.eval.synset={synset}: no such file or folder; give an exported "
@@ -160,7 +180,85 @@ def preflight(config: ml_collections.ConfigDict, workdir, mode: str) -> None:
     raise CheckpointError(
         f"no expert trajectories in {experts_dir}; run --mode=experts (or --mode=all) first, "
         "or point config.experts.dir at trained experts")
+  if mode in ("all", "distill"):
+    _check_experts_fit(config, experts_dir)
   if mode in ("evaluate", "export") and not synset and not (workdir / "distill").is_dir():
     raise CheckpointError(
         f"no distilled set in {workdir / 'distill'}; run --mode=distill first, or evaluate an "
         "outside set with --config.eval.synset")
+
+
+def _check_experts_fit(config: ml_collections.ConfigDict, experts_dir: Path) -> None:
+  """Experts already in experts_dir must have the configured network's parameter count."""
+  meta_file = experts_dir / "meta.json"
+  if not meta_file.exists():
+    return
+  meta = json.loads(meta_file.read_text())
+  try:
+    net = models.from_config(config.model, meta["num_classes"], tuple(meta["image_shape"]))
+  except (KeyError, ValueError):
+    return  # the data phase says what does not fit
+  if net.num_params != meta["num_params"]:
+    raise ConfigError(f"the experts in {experts_dir} have {meta['num_params']} parameters, "
+                      f"config.model ({config.model.arch}, width {config.model.width}, depth "
+                      f"{config.model.depth}) has {net.num_params}; use the experts' model or "
+                      "another experts.dir")
+
+
+# Fields that say where or how a run computes, not what: never a change of the run.
+WHERE = ("name", "data.cache_dir", "data.data_dir", "experts.dir", "shard", "experts.parallel",
+         "experts.loop")
+# Fields that leave the distilled set as it is: a resumed distillation accepts changes to them
+# with --resume_changed; an evaluation or export of the set ignores them.
+OUTPUT = ("logging.", "eval.", "distill.log_every", "distill.checkpoint_every",
+          "distill.diagnostics")
+DISTILL_CONFIG = "distill_config.json"  # in the workdir: the config that made distill/
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def config_changes(stored: dict, config: ml_collections.ConfigDict) -> dict:
+  """{field: (stored value, new value)} for every field that differs, but WHERE fields."""
+  old, new = _flat(stored), _flat(json.loads(config.to_json()))
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not k.startswith(WHERE)}
+
+
+def check_same_run(config: ml_collections.ConfigDict, workdir: Path, mode: str,
+                   resume_changed: bool = False) -> None:
+  """Refuses, in one line listing the fields, a run that would take the workdir's distilled
+  set further, or evaluate it, under settings it was not made with.
+
+  Resuming (modes all, distill) accepts changes to OUTPUT fields and a larger
+  distill.iterations only with resume_changed; evaluate and export ignore them. Any other
+  difference is refused.
+  """
+  stored_file = workdir / DISTILL_CONFIG
+  if mode == "experts" or not (workdir / "distill").is_dir():
+    return
+  if not stored_file.exists():  # a workdir made before the file existed
+    stored_file = workdir / "config.json"
+    if not stored_file.exists():
+      return
+  changes = config_changes(json.loads(stored_file.read_text()), config)
+  iters = changes.get("distill.iterations")
+  flexible = {k for k in changes if k.startswith(OUTPUT)}
+  if iters is not None and iters[0] is not None and iters[1] > iters[0]:
+    flexible.add("distill.iterations")
+  if mode in ("evaluate", "export") or resume_changed:
+    changes = {k: v for k, v in changes.items() if k not in flexible
+               and not (k == "distill.iterations" and mode in ("evaluate", "export"))}
+  if changes:
+    listed = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    what = ("rerun with --resume_changed to accept them"
+            if set(changes) <= flexible else "use another --workdir")
+    raise ConfigError(f"{workdir} holds a distillation made with other settings ({listed}): "
+                      f"{what}")

@@ -6,6 +6,7 @@ reported as one line on stderr, `error: ...`, with exit status 2, never as a tra
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ml_collections import config_flags
 from datm_clr_jax.errors import ConfigError
 
 BAD_INPUT = 2  # exit status of refused input
+IO_ERROR = 74  # EX_IOERR: the system refused a read or write (a full disk, say)
 INTERRUPTED = 130
 
 
@@ -75,3 +77,21 @@ def parse_or_exit(define_flags, flag_values: flags.FlagValues, argv: list[str]) 
     return parse(flag_values, argv)
   except ConfigError as e:
     sys.exit(fail(e))
+
+
+def os_error(error: BaseException) -> str | None:
+  """One line for an operating-system error anywhere in `error`'s chain (orbax and
+  tensorstore wrap theirs), naming the path and the cause; None if there is none."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.strerror:
+      where = f"{error.filename}: " if error.filename else ""
+      return f"{where}{error.strerror} (errno {error.errno})"
+    text = str(error)
+    for cause in ("No space left on device", "Disk quota exceeded", "Read-only file system"):
+      if cause in text:
+        paths = re.findall(r'"(/[^"]+)"', text) or re.findall(r"(/[\w./-]+)", text)
+        return f"{paths[0]}: {cause}" if paths else cause
+    error = error.__cause__ or error.__context__
+  return None

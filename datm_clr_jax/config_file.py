@@ -36,9 +36,9 @@ def _parse_value(text: str, old):
     raise ValueError(f"expected True or False, got {text!r}")
   if isinstance(old, str):
     return text
+  if isinstance(old, float):  # as the command line reads it: nan and inf included
+    return float(text)
   value = ast.literal_eval(text)
-  if isinstance(old, float) and isinstance(value, int):
-    value = float(value)
   if isinstance(old, tuple) and isinstance(value, (str, list)):
     value = tuple(value) if isinstance(value, list) else (value,)
   if type(value) is not type(old):

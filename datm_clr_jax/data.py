@@ -221,7 +221,9 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def load_image_folder(path: str) -> Dataset:
-  """Reads train/<class>/* and test/<class>/* from a directory or a .zip (one top folder ok)."""
+  """Reads <root>/train/<class>/* and <root>/test/<class>/*, where <root> is the directory,
+  or the top of the .zip (or the one folder a zip holds everything in). Nothing deeper in the
+  tree is read as a split: a train/ folder further down is not this dataset's."""
   p = Path(path)
   if not p.exists():
     raise DataError(f"image folder {path!r} does not exist; give a directory or .zip with "
@@ -231,19 +233,22 @@ def load_image_folder(path: str) -> Dataset:
       raise DataError(f"{path!r} is a file but not a zip archive")
     zf = zipfile.ZipFile(p)
     names = [n for n in zf.namelist() if n.lower().endswith(IMAGE_EXTS)]
+    tops = {Path(n).parts[0] for n in names}
+    # A zip of the folder itself holds everything under one top folder: that is the root.
+    strip = 1 if len(tops) == 1 and not tops & {"train", "test"} else 0
+    files = [(Path(n).parts[strip:], n) for n in names]
     read = zf.read
   else:
-    names = [str(f.relative_to(p)) for f in sorted(p.rglob("*"))
-             if f.suffix.lower() in IMAGE_EXTS]
+    files = [(f.relative_to(p).parts, str(f.relative_to(p)))
+             for split in ("train", "test") if (p / split).is_dir()
+             for f in sorted((p / split).rglob("*")) if f.suffix.lower() in IMAGE_EXTS]
     read = lambda n: (p / n).read_bytes()
-  # Files sit at [prefix/]split/class/file.
-  entries = []
-  for n in names:
-    parts = Path(n).parts
-    if len(parts) >= 3 and parts[-3] in ("train", "test"):
-      entries.append((parts[-3], parts[-2], n))
+  # Files sit at split/class/..., split at the root.
+  entries = [(parts[0], parts[1], n) for parts, n in files
+             if len(parts) >= 3 and parts[0] in ("train", "test")]
   if not entries:
-    raise DataError(f"no train/<class>/<image> files found in {path!r}")
+    raise DataError(f"no train/<class>/<image> files at the top of {path!r}; the folder or "
+                    "zip must hold train/ and test/ themselves")
   class_names = sorted({c for s, c, _ in entries if s == "train"})
   index = {c: i for i, c in enumerate(class_names)}
   out = {}
@@ -264,12 +269,20 @@ def load_npz(path: str) -> Dataset:
   """Arrays x_train, y_train, x_test, y_test (+ optional class_names) from one .npz."""
   if not os.path.exists(path):
     raise DataError(f"npz file {path!r} does not exist")
-  with np.load(path, allow_pickle=False) as f:
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-    if missing:
-      raise DataError(f"{path!r} lacks arrays {missing}; it needs x_train, y_train, x_test, "
-                      "y_test")
-    arrays = {k: f[k] for k in f.files}
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError("a single array, not an archive")
+      missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
+      if missing:
+        raise DataError(f"{path!r} lacks arrays {missing}; it needs x_train, y_train, x_test, "
+                        "y_test")
+      arrays = {k: f[k] for k in f.files}
+  except DataError:
+    raise
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
+    raise DataError(f"{path!r} is not an .npz archive (of x_train, y_train, x_test, "
+                    f"y_test): {type(e).__name__}") from None
   y_tr = arrays["y_train"].astype(np.int32)
   num_classes = int(max(y_tr.max(), arrays["y_test"].max())) + 1
   names = ([str(c) for c in arrays["class_names"]] if "class_names" in arrays
@@ -353,6 +366,25 @@ def _cached(cache_dir: str | None, source: str, loader):
 PATH_SOURCES = ("image_folder", "npz", "cifar", "tiny_imagenet")
 
 
+def check_dataset(ds: Dataset) -> Dataset:
+  """Raises DataError for a dataset whose arrays do not fit together; returns it."""
+  where = ds.name
+  for split in ("train", "test"):
+    x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+    if x.ndim != 4 or not 1 <= x.shape[-1] <= 4 or min(x.shape[1:3]) < 1:
+      raise DataError(f"{where}: x_{split} has shape {x.shape}; expected images (N, H, W) or "
+                      "(N, H, W, C) with 1-4 channels")
+    if y.ndim != 1 or len(y) != len(x):
+      raise DataError(f"{where}: y_{split} has shape {y.shape} for {len(x)} images in x_{split}; "
+                      "expected one integer label per image")
+    if len(y) and (y.min() < 0 or y.max() >= ds.num_classes):
+      raise DataError(f"{where}: y_{split} holds labels outside 0..{ds.num_classes - 1}")
+  if ds.x_test.shape[1:] != ds.x_train.shape[1:]:
+    raise DataError(f"{where}: test images are {ds.x_test.shape[1:]}, train images "
+                    f"{ds.x_train.shape[1:]}")
+  return ds
+
+
 def check_source(source: str) -> None:
   """Raises DataError for a source that cannot load, without loading it (paths must exist)."""
   kind, _, arg = source.partition(":")
@@ -397,6 +429,7 @@ def load_dataset(source: str, *, image_size: int = 0, data_dir: str | None = Non
     raise DataError(f"unknown dataset source {source!r}; use 'digits', 'tfds:<name>', "
                     "'cifar:<path>', 'image_folder:<dir or zip>', 'npz:<file>' or "
                     "'tiny_imagenet:<dir>'")
+  check_dataset(ds)
   if image_size:
     ds = dataclasses.replace(ds, x_train=resize(ds.x_train, image_size),
                              x_test=resize(ds.x_test, image_size))

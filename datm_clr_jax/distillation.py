@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from datm_clr_jax import checkpointing
+from datm_clr_jax import checkpointing, errors, preemption
 from datm_clr_jax.errors import DistillError
 from datm_clr_jax.models import Network
 from datm_clr_jax.step import BAD_LR, NON_FINITE, STATUS_NAMES, SynState
@@ -157,35 +157,42 @@ def run_distillation(step, state: SynState, trajectories, *, iterations: int, se
   t0 = time.time()
   pending = []
   saved = start
+  report = lambda records: _report(jax.device_get(records), start=start, iterations=iterations,
+                                   log_every=log_every, counts=counts, t0=t0, log=log)
   try:
     for it in range(start, iterations):
-      upper = schedule(it)
-      done = it + 1
-      args = (traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
-      diag = (diagnose(state, *args) if diagnose is not None
-              and (done % log_every == 0 or done == iterations) else {})
-      state, m = step(state, *args)
-      m = {**m, **diag}
-      pending.append((done, upper, m))
-      save = ckpt is not None and (done % checkpoint_every == 0 or done == iterations)
-      if done % log_every == 0 or done == iterations or save:
-        _report(jax.device_get(pending), start=start, iterations=iterations,
-                log_every=log_every, counts=counts, t0=t0, log=log)
-        pending = []
-      if save:
-        ckpt.save(done, state)
-        saved = done
-        if on_save is not None:
-          on_save(done)
-      if on_every is not None and (done % every == 0 or done == iterations):
-        on_every(done, state)
+      # A signal waits for this iteration and its checkpoint (preemption.deferred).
+      with preemption.deferred():
+        upper = schedule(it)
+        done = it + 1
+        args = (traj, jnp.asarray(upper, jnp.int32), jax.random.fold_in(base, it))
+        diag = (diagnose(state, *args) if diagnose is not None
+                and (done % log_every == 0 or done == iterations) else {})
+        state, m = step(state, *args)
+        pending.append((done, upper, {**m, **diag}))
+        save = ckpt is not None and (done % checkpoint_every == 0 or done == iterations)
+        if done % log_every == 0 or done == iterations or save:
+          report(pending)
+          pending = []
+        if save:
+          ckpt.save(done, state)
+          saved = done
+          if on_save is not None:
+            on_save(done)
+        if on_every is not None and (done % every == 0 or done == iterations):
+          on_every(done, state)
   except KeyboardInterrupt:
     # `state` is always a finished iteration's output (the step is functional), so it can be
-    # saved as is: an interrupt (Ctrl-C, SIGINT from a time limit) loses nothing.
+    # saved as is: a stop (Ctrl-C, SIGINT or SIGTERM) loses nothing.
     done = int(state.iteration)
     if ckpt is not None and done > saved:
-      ckpt.save(done, state)
-      logging.warning("interrupted: saved iteration %d; the same command resumes from it", done)
+      try:
+        with preemption.deferred():  # a second signal must not cut this save short
+          report(pending)
+          ckpt.save(done, state)
+      except errors.Preempted:
+        pass
+      logging.warning("stopped: saved iteration %d; the same command resumes from it", done)
     raise
   if iterations > start:
     logging.info("distill: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -31,3 +31,15 @@ class StudyError(Error, ValueError):
 
 class TorchIOError(Error, ValueError):
   """PyTorch files (the reference's buffers and sets) that cannot be read or written."""
+
+
+class BusyError(Error, RuntimeError):
+  """Another process holds the workdir."""
+
+
+class Preempted(KeyboardInterrupt):
+  """SIGTERM or SIGINT arrived; the state was saved first (datm_clr_jax/preemption.py)."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from datm_clr_jax import augment, checkpointing, evaluate, losses, sharding
+from datm_clr_jax import augment, checkpointing, evaluate, losses, preemption, sharding
 from datm_clr_jax.models import Network
 
 
@@ -193,9 +193,10 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
     progress = checkpointing.StepCheckpoints(root / "in_progress", keep=1)
     traj = train_group(group, epochs=epochs, seed=seed, image_shape=image_shape,
                        x_test=x_test, y_test=y_test, progress=progress, log=log)
-    _save_group(root, group, traj, save_epochs or epochs)
-    progress.close()
-    shutil.rmtree(progress.directory, ignore_errors=True)
+    with preemption.deferred():
+      _save_group(root, group, traj, save_epochs or epochs)
+      progress.close()
+      shutil.rmtree(progress.directory, ignore_errors=True)
 
 
 def _save_group(root: Path, group, traj: np.ndarray, last_epoch: int) -> None:
@@ -242,10 +243,11 @@ def make_group_trainer(network: Network, x_train, y_train, *, lr, batch_size, st
       t0 = time.time()
       keys = sharding.shard_leading(jnp.stack(
           [jax.random.fold_in(jax.random.fold_in(base, k), ep + 1) for k in group]), mesh)
-      params, train_loss = epoch_fn(params, keys, x_dev, y_dev)
-      traj[:, ep + 1] = np.asarray(params)
-      if progress is not None:
-        progress.save(ep + 1, {"ids": ids, "trajectory": traj})
+      with preemption.deferred():  # a signal waits for this epoch and its save
+        params, train_loss = epoch_fn(params, keys, x_dev, y_dev)
+        traj[:, ep + 1] = np.asarray(params)
+        if progress is not None:
+          progress.save(ep + 1, {"ids": ids, "trajectory": traj})
       record = {"phase": "experts", "experts": list(group), "epoch": ep + 1,
                 "train_loss": float(np.mean(train_loss)), "seconds": round(time.time() - t0, 2)}
       if x_test is not None and (ep + 1 == epochs or (ep + 1) % max(1, epochs // 5) == 0):

@@ -56,7 +56,14 @@ class TensorBoardWriter:
       self._writer.add_scalar(tag, float(v), step)
 
   def close(self) -> None:
-    self._writer.close()
+    try:
+      self._writer.close()
+    except OSError:
+      # A full disk: tensorboardX would try the same flush again at exit and print its
+      # traceback there; what was written stays readable.
+      for writer in self._writer.all_writers.values():
+        writer.event_writer._closed = True  # pylint: disable=protected-access
+      raise
 
 
 class WandbWriter:
@@ -116,15 +123,23 @@ class MetricsLog:
     self.writers = list(writers)
 
   def __call__(self, record: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:  # a write error names no file: name it
+      raise OSError(e.errno, e.strerror, str(self.path)) from e
     got = scalars(record) if self.writers else None
     for w in self.writers if got else ():
       w.write(*got)
 
   def close(self) -> None:
+    """Closes every writer; one that cannot close (a full disk) is reported, not raised, so
+    the run's own error stays the one the user sees."""
     for w in self.writers:
-      w.close()
+      try:
+        w.close()
+      except Exception as e:  # noqa: BLE001
+        logging.warning("%s did not close cleanly: %s", type(w).__name__, e)
     self.writers = []
 
   def records(self) -> list[dict]:

@@ -17,6 +17,7 @@ Workdir layout:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from pathlib import Path
@@ -28,8 +29,8 @@ import numpy as np
 from absl import logging
 
 from datm_clr_jax import (checkpointing, checks, data, distillation, distributed, evaluate,
-                          experts, metric_writers, models, outside, results as results_lib,
-                          selection, sharding, step, visualize)
+                          experts, locking, metric_writers, models, outside, preemption,
+                          results as results_lib, selection, sharding, step, visualize)
 from datm_clr_jax.errors import CheckpointError, ConfigError
 from datm_clr_jax.models import feature_dim
 
@@ -46,7 +47,8 @@ class Run:
     self.config = config
     self.workdir = Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    (self.workdir / "config.json").write_text(config.to_json(indent=1))
+    if distributed.index() == 0:  # the workdir is process 0's
+      checkpointing.write_text(self.workdir / "config.json", config.to_json(indent=1))
     if distributed.index() == 0:
       self.log = metric_writers.MetricsLog(
           self.workdir / "metrics.jsonl",
@@ -169,6 +171,8 @@ class Run:
     trajectories, final_params = experts.load_trajectories(
         self.experts_dir, num_params=net.num_params, num_experts=d.num_experts or None,
         min_length=d.max_start_epoch + d.expert_epochs, return_final=True)
+    # What made the checkpoints, for checks.check_same_run (preflight accepted this config).
+    checkpointing.write_text(self.workdir / checks.DISTILL_CONFIG, self.config.to_json(indent=1))
     with checkpointing.StepCheckpoints(self.workdir / "distill", keep=2) as ckpt:
       state = self._resume_or_start(ckpt, net, final_params)
       return self._distill_from(state, ckpt, net, step_cfg, opt, feat, trajectories)
@@ -292,11 +296,12 @@ class Run:
       net = self.network(arch)
       for name, x, y, set_lr in sets:
         kept = earlier[name].get(arch) if e.resume else None
-        got = self._evaluate_one(net, arch, name, x, y, set_lr, seeds, kept, path)
-        if got is not None:
-          results[name][arch] = got
-        if distributed.index() == 0:
-          checkpointing.write_json(path, results_lib.merge_archs(path, results))
+        with preemption.deferred():  # a signal waits for this evaluation and its record
+          got = self._evaluate_one(net, arch, name, x, y, set_lr, seeds, kept, path)
+          if got is not None:
+            results[name][arch] = got
+          if distributed.index() == 0:
+            checkpointing.write_json(path, results_lib.merge_archs(path, results))
     results = results_lib.merge_archs(path, results)
     if distributed.index() == 0:
       checkpointing.write_json(path, results)
@@ -335,24 +340,32 @@ class Run:
                               ipc=self.config.distill.ipc, source=self.config.data.source)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict | None:
-  """Runs the phases that `mode` names; returns results for 'all' and 'evaluate'."""
-  checks.preflight(config, workdir, mode)
-  logging.info("workdir %s, mode %s", workdir, mode)
-  t0 = time.time()
-  r = Run(config, workdir)
-  state, results = None, None
-  try:
-    if mode in ("all", "experts"):
-      r.experts()
-    if mode in ("all", "distill"):
-      state = r.distill()
-    if mode in ("all", "evaluate"):
-      results = r.evaluate(state)
-      print(results_lib.format_table(results), flush=True)
-    if mode == "export":
-      print(f"exported to {r.export()}", flush=True)
-  finally:
-    r.log.close()
-  logging.info("run finished in %.1fs; outputs in %s", time.time() - t0, r.workdir)
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all",
+        resume_changed: bool = False) -> dict | None:
+  """Runs the phases that `mode` names; returns results for 'all' and 'evaluate'.
+
+  resume_changed: accept a workdir's distillation although the config changes its output
+  fields or extends distill.iterations (checks.check_same_run).
+  """
+  checks.preflight(config, workdir, mode, resume_changed)
+  # One writer per workdir; the other processes of a distributed run write none of it.
+  with (locking.WorkdirLock(workdir) if distributed.index() == 0
+        else contextlib.nullcontext()):
+    logging.info("workdir %s, mode %s", workdir, mode)
+    t0 = time.time()
+    r = Run(config, workdir)
+    state, results = None, None
+    try:
+      if mode in ("all", "experts"):
+        r.experts()
+      if mode in ("all", "distill"):
+        state = r.distill()
+      if mode in ("all", "evaluate"):
+        results = r.evaluate(state)
+        print(results_lib.format_table(results), flush=True)
+      if mode == "export":
+        print(f"exported to {r.export()}", flush=True)
+    finally:
+      r.log.close()
+    logging.info("run finished in %.1fs; outputs in %s", time.time() - t0, r.workdir)
   return results

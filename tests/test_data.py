@@ -1,6 +1,7 @@
 """Data sources and ZCA whitening."""
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -258,3 +259,32 @@ def test_tiny_imagenet_folder(tmp_path):
   np.testing.assert_allclose(ds.x_test[1].mean(), 40 / 255, atol=1e-6)
   with pytest.raises(data.DataError, match="not a tiny-imagenet-200 folder"):
     data.load_dataset(f"tiny_imagenet:{tmp_path / 'nope'}")
+
+
+def test_arrays_that_do_not_fit_together_are_refused(tmp_path):
+  """Lengths, shapes and a file that is no archive, each named in one line."""
+  good = dict(x_train=np.zeros((4, 4, 4, 3), np.uint8), y_train=np.arange(4) % 2,
+              x_test=np.zeros((2, 4, 4, 3), np.uint8), y_test=np.array([0, 1]))
+  for name, change, message in [
+      ("lengths", {"y_train": np.zeros(3)}, "y_train has shape (3,) for 4 images"),
+      ("shape", {"x_train": np.zeros((4, 5)), "x_test": np.zeros((2, 5))},
+       "x_train has shape (4, 5)"),
+      ("sizes", {"x_test": np.zeros((2, 6, 6, 3), np.uint8)}, "test images are (6, 6, 3)"),
+      ("labels", {"y_test": np.array([0, -1])}, "labels outside"),
+  ]:
+    np.savez(tmp_path / f"{name}.npz", **{**good, **change})
+    with pytest.raises(data.DataError, match=re.escape(message)):
+      data.load_dataset(f"npz:{tmp_path / name}.npz")
+  (tmp_path / "text.npz").write_text("not an archive")
+  with pytest.raises(data.DataError, match="is not an .npz archive"):
+    data.load_dataset(f"npz:{tmp_path / 'text.npz'}")
+
+
+def test_image_folder_reads_only_its_own_top_level_splits(tmp_path):
+  _write_tree(tmp_path / "outer" / "deep" / "down")  # a train/ somewhere below is not ours
+  with pytest.raises(data.DataError, match="at the top of"):
+    data.load_dataset(f"image_folder:{tmp_path / 'outer'}")
+  _write_tree(tmp_path / "tree")
+  (tmp_path / "tree" / "extra" / "train" / "cat").mkdir(parents=True)
+  (tmp_path / "tree" / "extra" / "train" / "cat" / "x.png").write_bytes(_png(30))
+  assert data.load_dataset(f"image_folder:{tmp_path / 'tree'}").x_train.shape[0] == 6
