@@ -184,6 +184,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_goes_past_it(tmp
   step, keeps the bad one under <step>.unreadable-<time> with its reason, writes that step
   anew, and ends on the uninterrupted run's arrays; an interrupted write's temp folder goes."""
   config = tiny_config()  # 4 iterations, a checkpoint every 2
+  config.data.cache_dir = str(tmp_path / "cache")
   straight = pipeline.Run(config, str(tmp_path / "a"))
   straight.experts()
   full = straight.distill()
