@@ -1,6 +1,7 @@
 """Orbax round trips, corrupt checkpoints, expert trajectories and resumed distillation."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -191,7 +192,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_goes_past_it(tmp
   config.experts.dir = str(tmp_path / "a" / "experts")
   for how in ("overwritten", "truncated", "garbled"):
     work = tmp_path / how
-    pipeline.Run(config, str(work)).distill()
+    shutil.copytree(tmp_path / "a", work, ignore=shutil.ignore_patterns("experts", ".lock"))
     _corrupt(work / "distill" / "4", how)
     (work / "distill" / "6.orbax-checkpoint-tmp-1765000000").mkdir()  # a kill mid-save
     again = pipeline.Run(config, str(work)).distill()
