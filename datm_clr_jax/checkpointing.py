@@ -137,6 +137,9 @@ def restore_tree(path, target: Any | None = None) -> Any:
                           f"{str(e).splitlines()[0][:200]}); delete it to start over") from e
 
 
+_TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's name for a folder it has not finished writing
+
+
 class StepCheckpoints:
   """Step-numbered checkpoints of one pytree in `directory`, keeping the newest `keep`.
 
@@ -242,5 +245,3 @@ def remove_partial_writes(directory) -> None:
       shutil.rmtree(tmp, ignore_errors=True)
       logging.info("removed %s, a checkpoint write a kill interrupted", tmp)
 
-
-_TMP_MARK = ".orbax-checkpoint-tmp"

@@ -36,10 +36,6 @@ def reset() -> None:
   _received = None
 
 
-def received() -> int | None:
-  return _received
-
-
 def _handler(signum, frame):
   del frame
   global _received  # pylint: disable=global-statement

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from datm_clr_jax import __main__ as cli_main
-from datm_clr_jax import checkpointing, locking, pipeline, preemption
+from datm_clr_jax import checkpointing, errors, locking, pipeline, preemption
 
 TINY = "--config=configs/quickstart.py:tiny"
 # Long enough to be caught mid-phase: more expert epochs, iterations and evaluation epochs.
@@ -177,9 +177,32 @@ def test_a_full_disk_is_one_line_and_costs_no_checkpoint(tmp_path, capsys):
       err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error: ")]
       assert len(err) == 1 and "No space left on device" in err[0] and str(disk) in err[0], err
       assert not list((work / "distill").glob("*.orbax-checkpoint-tmp*"))
-      for d in (work / "distill").iterdir():
-        with checkpointing.StepCheckpoints(work / "distill") as ckpt:
+      with checkpointing.StepCheckpoints(work / "distill") as ckpt:
+        for d in (work / "distill").iterdir():
           assert int(ckpt.restore(int(d.name), template).iteration) == int(d.name)
       (disk / "filler").unlink()
   finally:
     subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_signal_inside_a_deferred_block_waits_for_its_end():
+  """Outside deferred() a signal stops at once; inside, the block runs to its end first."""
+  before = {sig: signal.getsignal(sig) for sig in preemption.SIGNALS}
+  preemption.install()
+  done = []
+  try:
+    with pytest.raises(errors.Preempted) as stopped:
+      with preemption.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.append("rest of the block")
+    assert done == ["rest of the block"] and stopped.value.signum == signal.SIGTERM
+    preemption.reset()
+    with pytest.raises(errors.Preempted):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # the handler runs at the next bytecode; nothing after it should
+      done.append("after the signal")
+    assert done == ["rest of the block"]
+  finally:
+    preemption.reset()
+    for sig, handler in before.items():
+      signal.signal(sig, handler)
