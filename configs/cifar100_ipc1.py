@@ -1,7 +1,10 @@
 """CIFAR-100, IPC 1: DATM-CLR with DATM's per-setting values (its scripts).
 
 Launch: bash launch/run.sh cifar100_ipc1   (experts, distillation, evaluation)
-Paper (ConvNet, test accuracy %): DATM-CLR 28.7+-0.2 (DATM 27.9+-0.2).
+Paper Table 1 (ConvNet, test accuracy %): MTT 24.3+-0.3, TESLA 24.8+-0.4, FTD 24.4+-0.4, DATM
+27.9+-0.2, DATM-CLR 28.7+-0.2.
+Variants `configs/cifar100_ipc1.py:<method>`, method in mtt | tesla | ftd | datm | datm_clr
+(the default): each method's own values and mechanisms (datm_clr_jax/methods.py).
 The paper states N = 20; DATM's N is shipped (--config.distill.num_inner_steps=20 to
 follow the paper); record which N produced a number.
 Data (config.data.source): tfds:cifar100 (default; prepared on first use, needs the data
@@ -12,8 +15,10 @@ image_folder:/npz: copies.
 import runpy
 from pathlib import Path
 
+from datm_clr_jax import methods
 
-def get_config():
+
+def get_config(arg=None):
   config = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
   config.name = "cifar100_ipc1"
   config.data.source = "tfds:cifar100"
@@ -28,4 +33,4 @@ def get_config():
   config.distill.lr_y = 10.0
   config.distill.batch_syn = 100
   config.distill.threshold = 1.0
-  return config
+  return methods.apply(config, arg, "cifar100_ipc1")

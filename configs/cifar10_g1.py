@@ -19,5 +19,6 @@ def get_config():
   config.data.source = f"image_folder:{_REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip'}"
   config.experts.num_experts = 10
   config.experts.epochs = 6
+  config.experts.optimizer = "sgd"  # G1's experts are plain SGD, like R1's.
   config.distill.iterations = 1000
   return config

@@ -8,13 +8,22 @@ evaluation unchanged (1000 epochs, 5 seeds). A number from this protocol is neve
 reproduction of a paper number. Results: launch/results/clr_study (every reading of the
 paper against DATM, paired over seeds) and docs/reproduction.md.
 
+R1's experts are plain SGD (the study's, launch/results/clr_study/experts).
+
 Variant `configs/cifar10_r1.py:first_built`: the reading launch/results/cifar10_r1 and the
 study's common overrides ran with: DATM-CLR's two contrastive views beside DATM's CE view and a
 plain-SGD student (plain DATM at --config.clr.alpha=0).
+
+Variants `:mtt`, `:tesla`, `:ftd`, `:datm`, `:datm_clr`: each method's mechanisms (labels,
+initialisation, skip rule, image EMA, gradient, expert optimiser; FTD's EMA decay and GSAM
+alpha are CIFAR-10 IPC 1's) on R1's trajectory values, which every method shares here so that
+the methods differ in their mechanisms only (launch/results/table1_r1).
 """
 
 import runpy
 from pathlib import Path
+
+from datm_clr_jax import methods
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +35,7 @@ def get_config(arg=None):
   config.model.width = 32  # Flat params 24,714 for 10 classes.
   config.experts.num_experts = 5
   config.experts.epochs = 8
+  config.experts.optimizer = "sgd"
   config.experts.parallel = 5
   config.distill.iterations = 500
   config.distill.num_inner_steps = 20
@@ -38,6 +48,9 @@ def get_config(arg=None):
   if arg == "first_built":
     config.clr.views = "extra"
     config.distill.student_momentum = 0.0
+  elif arg in methods.METHODS:
+    methods.mechanisms(config, arg, "cifar10_ipc1")
   elif arg:
-    raise ValueError(f"configs/cifar10_r1.py has no variant {arg!r}; use 'first_built' or none")
+    raise ValueError(f"configs/cifar10_r1.py has no variant {arg!r}; use 'first_built', one "
+                     f"of {', '.join(methods.METHODS)}, or none")
   return config

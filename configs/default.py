@@ -19,6 +19,9 @@ def get_config():
   config.name = "default"  # Workdir name under checkpoints/ when --workdir is not given.
   config.seed = 0  # Seeds distillation and evaluation (eval run i uses 10000 + 100 * seed + i).
   config.shard = True  # With several devices: split experts, eval seeds and minibatches.
+  # Which method of the paper's Table 1 the switches below make (datm_clr_jax/methods.py
+  # sets them; each setting file's `:mtt`, `:tesla`, `:ftd`, `:datm` variants).
+  config.method = "datm_clr"
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "tfds:cifar10"  # digits | tfds:<name> | image_folder:<path> | npz:<file>
@@ -41,12 +44,13 @@ def get_config():
 
   config.experts = ml_collections.ConfigDict()
   config.experts.num_experts = 100  # Trajectories to train (the reference stores 100).
-  config.experts.epochs = 50  # Epochs per expert (MTT: 50).
+  config.experts.epochs = 100  # Epochs per expert (DATM: 100; MTT, FTD, TESLA: 50).
   config.experts.lr = 0.01  # lr_teacher: plain SGD, no momentum, no weight decay.
   config.experts.batch_size = 256  # Real images per expert step.
-  config.experts.optimizer = "sgd"  # sgd (MTT) | gsam (FTD/DATM: GSAM on top of the SGD).
+  # DATM's buffers are made with FTD's GSAM script; plain SGD is MTT's and TESLA's.
+  config.experts.optimizer = "gsam"  # gsam (FTD, DATM: GSAM on top of the SGD) | sgd (MTT).
   config.experts.gsam_rho = 0.01  # GSAM perturbation radius (FTD's value).
-  config.experts.gsam_alpha = 0.3  # GSAM surrogate-gap weight (FTD's value).
+  config.experts.gsam_alpha = 0.3  # GSAM surrogate-gap weight (DATM's; FTD's per setting).
   config.experts.gsam_adaptive = True  # Perturbation scaled by |w| (FTD's value).
   config.experts.save_epochs = 0  # Store snapshots 0..save_epochs only; 0 stores all.
   config.experts.parallel = 10  # Experts per compiled epoch (one group).
@@ -74,11 +78,13 @@ def get_config():
   config.distill.momentum_img = 0.5  # Reference values.
   config.distill.momentum_lr = 0.5
   config.distill.momentum_y = 0.9
-  config.distill.learn_labels = True  # DATM learns the soft labels.
+  config.distill.labels = "learned"  # learned (DATM) | experts (fixed) | hard (MTT) | teacher.
+  config.distill.gradient = "unrolled"  # unrolled (exact) | tesla (TESLA's first order).
+  config.distill.ema_decay = 0.0  # FTD: EMA of the images, evaluated beside them; 0: none.
   # The paper's own text, with no reading ahead of DATM under R1 (launch/results/clr_study).
   config.distill.student_momentum = 0.5  # Student SGD momentum (paper §4.1: 0.5; DATM: 0).
-  config.distill.threshold = 1.1  # Skip the update when L_tm exceeds this.
-  config.distill.init = "samples_predicted_correctly"  # | real.
+  config.distill.threshold = 1.1  # Skip the update when L_tm exceeds this; 0: never (MTT).
+  config.distill.init = "samples_predicted_correctly"  # | real (MTT: random real images).
   config.distill.num_experts = 0  # Experts to match against; 0: all trained.
   config.distill.remat = True  # Recompute each inner step but its gradient: memory ~flat in N.
   config.distill.remat_convs = False  # Also keep conv outputs and DSA views: faster, memory ~N.

@@ -23,6 +23,7 @@ def get_config(arg=None):
   config.model.depth = 2
   config.experts.num_experts = 4
   config.experts.epochs = 12
+  config.experts.optimizer = "sgd"  # Plain SGD: half the cost of GSAM for a demo.
   config.experts.batch_size = 64
   config.experts.parallel = 4
   config.distill.iterations = 200

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from datm_clr_jax import (checks, config_file, data as data_lib, distillation, evaluate, experts,
-                          models, step)
+                          models, results, step)
 from datm_clr_jax.errors import ConfigError
 
 
@@ -34,15 +34,18 @@ class SyntheticSet:
   Attributes:
     images: (n, H, W, C) synthetic images in the data's normalised (e.g. ZCA) space,
       class-major: ipc images of class 0, then of class 1, ...
-    labels: (n, num_classes) label logits (the evaluation trains on their softmax).
+    labels: (n, num_classes) label logits (the evaluation trains on their softmax), or
+      one-hot rows for hard labels (distill.labels 'hard').
     lr: the learned student learning rate syn_lr.
     metrics: one record per logged iteration (losses, syn_lr, status, ...).
+    ema_images: FTD's moving average of the images (distill.ema_decay > 0), else None.
   """
 
   images: np.ndarray
   labels: np.ndarray
   lr: float
   metrics: list[dict]
+  ema_images: np.ndarray | None = None
 
 
 def load_config(path: str, overrides=()) -> ml_collections.ConfigDict:
@@ -110,9 +113,9 @@ def distill(config, x_train, y_train, trajectories, final_params=None) -> Synthe
   final = trajectories[:, -1] if final_params is None else np.asarray(final_params)
   images, labels = distillation.initial_synset(
       net, x_train, y_train, final, ipc=d.ipc, num_classes=num_classes, init=d.init,
-      seed=config.seed)
+      seed=config.seed, labels=d.labels)
   state = step.init_state(images, labels, d.syn_lr_init, opt,
-                          step.run_head(step_cfg, feat, config.seed))
+                          step.run_head(step_cfg, feat, config.seed), ema=bool(d.ema_decay))
   syn_classes = np.repeat(np.arange(num_classes), d.ipc)
   metrics = []
   state = distillation.run_distillation(
@@ -120,8 +123,9 @@ def distill(config, x_train, y_train, trajectories, final_params=None) -> Synthe
       jnp.asarray(trajectories), iterations=d.iterations, seed=config.seed,
       schedule=distillation.schedule(d), ckpt=None, checkpoint_every=d.checkpoint_every,
       log_every=d.log_every, log=metrics.append)
+  ema = np.asarray(state.ema_images) if isinstance(state, step.EMASynState) else None
   return SyntheticSet(np.asarray(state.syn_images), np.asarray(state.syn_labels),
-                      float(state.syn_lr), metrics)
+                      float(state.syn_lr), metrics, ema)
 
 
 def evaluate_set(config, syn: SyntheticSet, x_test, y_test, arch: str | None = None) -> dict:
@@ -131,6 +135,6 @@ def evaluate_set(config, syn: SyntheticSet, x_test, y_test, arch: str | None = N
   net = _network(config, num_classes, tuple(syn.images.shape[1:]), arch)
   seeds = [10_000 + 100 * config.seed + i for i in range(config.eval.num_eval)]
   runs = evaluate.evaluate_synset(
-      net, syn.images, jax.nn.softmax(jnp.asarray(syn.labels), axis=-1), syn.lr, x_test,
+      net, syn.images, results.label_distribution(config, syn.labels), syn.lr, x_test,
       y_test, seeds=seeds, cfg=evaluate.EvalConfig.from_config(config))
   return evaluate.summarize(runs)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import ml_collections
 
-from datm_clr_jax import (augment, data, distributed, evaluate, experts, losses, metric_writers,
-                          models, sharding, step)
+from datm_clr_jax import (augment, data, distributed, evaluate, experts, losses, methods,
+                          metric_writers, models, sharding, step)
 from datm_clr_jax.errors import CheckpointError, ConfigError
 from datm_clr_jax.kernels import CONV_IMPLS
 from datm_clr_jax.models import ARCHS, NORMS
@@ -43,7 +43,9 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
       (c.view_mode, augment.MODES, "clr.view_mode"),
       (c.strategy, step.CLR_STRATEGIES, "clr.strategy"),
       (c.loss, losses.CONTRASTIVE_KINDS, "clr.loss"), (c.head, step.HEADS, "clr.head"),
-      (c.views, step.VIEWS, "clr.views")]:
+      (c.views, step.VIEWS, "clr.views"), (config.method, methods.METHODS, "method"),
+      (d.labels, step.LABELS, "distill.labels"),
+      (d.gradient, step.GRADIENTS, "distill.gradient")]:
     _choice(value, allowed, field)
   for arch in config.eval.archs:
     if "," in arch:  # The command line turns a comma-separated string into a one-item tuple.
@@ -59,9 +61,10 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
 def _check_combinations(config: ml_collections.ConfigDict) -> None:
   d, c = config.distill, config.clr
   incompatible = [
-      (config.experts.import_dir and config.experts.optimizer != "sgd",
-       "experts.import_dir imports trained buffers; experts.optimizer applies only to "
-       "training: leave experts.optimizer='sgd'"),
+      (d.gradient == "tesla" and (step.contrast_on(c.strategy, c.alpha, c.lam)
+                                  or d.student_momentum or d.num_segments != 1),
+       "distill.gradient='tesla' is TESLA's estimator of plain trajectory matching: it needs "
+       "clr.strategy='none' (or alpha 0), distill.student_momentum=0, distill.num_segments=1"),
       (d.select == "val" and config.eval.synset,
        "distill.select='val' selects among this workdir's iterations; eval.synset evaluates "
        "an outside set: use one of them"),
@@ -91,16 +94,18 @@ def _check_combinations(config: ml_collections.ConfigDict) -> None:
 # Numeric fields and their ranges (every float field must also be finite).
 POSITIVE = ("distill.ipc", "distill.iterations", "distill.num_inner_steps",
             "distill.expert_epochs", "distill.syn_lr_init", "distill.lr_img", "distill.lr_lr",
-            "distill.lr_y", "distill.threshold", "distill.log_every", "distill.checkpoint_every",
+            "distill.lr_y", "distill.log_every", "distill.checkpoint_every",
             "distill.scan_unroll", "distill.num_segments", "experts.epochs", "experts.lr",
             "experts.num_experts", "experts.parallel", "experts.batch_size", "eval.num_eval",
             "eval.epochs", "eval.batch_size", "eval.random_real_lr", "clr.temperature",
             "clr.proj_dim", "clr.lr_head", "data.zca_eps")
 NON_NEGATIVE = ("clr.alpha", "clr.beta", "clr.lam", "eval.weight_decay", "eval.progress_every",
                 "distill.batch_syn", "distill.val_per_class", "distill.num_experts",
-                "data.image_size", "clr.proj_hidden", "experts.gsam_rho", "experts.gsam_alpha")
+                "data.image_size", "clr.proj_hidden", "experts.gsam_rho", "experts.gsam_alpha",
+                "distill.threshold")
 MOMENTA = ("distill.momentum_img", "distill.momentum_lr", "distill.momentum_y",
-           "distill.student_momentum", "clr.momentum_head", "eval.momentum")
+           "distill.student_momentum", "clr.momentum_head", "eval.momentum",
+           "distill.ema_decay")  # a decay, in [0, 1) like the momenta
 
 
 def _check_numbers(config: ml_collections.ConfigDict) -> None:
@@ -180,7 +185,7 @@ def _check_paths(config: ml_collections.ConfigDict, workdir: Path, mode: str) ->
     raise CheckpointError(
         f"no expert trajectories in {experts_dir}; run --mode=experts (or --mode=all) first, "
         "or point config.experts.dir at trained experts")
-  if mode in ("all", "distill"):
+  if mode in ("all", "distill", "experts"):
     _check_experts_fit(config, experts_dir)
   if mode in ("evaluate", "export") and not synset and not (workdir / "distill").is_dir():
     raise CheckpointError(
@@ -189,11 +194,16 @@ def _check_paths(config: ml_collections.ConfigDict, workdir: Path, mode: str) ->
 
 
 def _check_experts_fit(config: ml_collections.ConfigDict, experts_dir: Path) -> None:
-  """Experts already in experts_dir must have the configured network's parameter count."""
+  """Experts already in experts_dir must be of this run's kind (experts.kind: data, model,
+  DSA, optimizer and its settings, lr, batch, seed) and have its network's parameter count."""
   meta_file = experts_dir / "meta.json"
   if not meta_file.exists():
     return
   meta = json.loads(meta_file.read_text())
+  mismatch = experts.kind_mismatch(meta, experts.kind(config))
+  if mismatch:
+    raise ConfigError(f"the experts in {experts_dir} were trained with {mismatch}; train "
+                      "experts of this kind in another experts.dir, or use theirs")
   try:
     net = models.from_config(config.model, meta["num_classes"], tuple(meta["image_shape"]))
   except (KeyError, ValueError):

@@ -50,13 +50,14 @@ def expert_logits(network: Network, final_params: np.ndarray, x: np.ndarray,
 
 def initial_synset(network: Network, x_train: np.ndarray, y_train: np.ndarray,
                    final_params: np.ndarray, *, ipc: int, num_classes: int, init: str,
-                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+                   seed: int, labels: str = "learned") -> tuple[np.ndarray, np.ndarray]:
   """Initial synthetic images and label logits, class-major (DATM's initialisation).
 
   Args:
     x_train, y_train: (N, H, W, C) normalised images, (N,) labels.
     final_params: (K, P) final-epoch expert parameters.
     init: 'samples_predicted_correctly' (real images expert 0 classifies correctly) or 'real'.
+    labels: the run's distill.labels; 'hard' (MTT) gets one-hot rows instead of logits.
   Returns:
     syn_images (C*ipc, H, W, C) and label logits (C*ipc, num_classes): the mean final-epoch
     logits of the experts that classify the image correctly (all experts if none does).
@@ -87,6 +88,8 @@ def initial_synset(network: Network, x_train: np.ndarray, y_train: np.ndarray,
     chosen.append(pool[:ipc])
   idx = np.concatenate(chosen)
   images = x_train[idx]
+  if labels == "hard":
+    return images.astype(np.float32), np.eye(num_classes, dtype=np.float32)[y_train[idx]]
   logits = expert_logits(network, final_params, images)  # (K, n, C)
   correct = logits.argmax(-1) == y_train[idx][None]  # (K, n)
   weight = np.where(correct.any(0)[None], correct, True).astype(np.float32)

@@ -110,6 +110,59 @@ def make_train_epoch(network: Network, *, lr: float, batch_size: int, num_train:
   return jax.jit(sharding.over_networks(one_expert, loop, (0, 0, None, None)))
 
 
+# What makes experts of one kind: the config fields whose values produced them. meta.json
+# records them and a run pointed at experts of another kind is refused (check_kind).
+KIND_FIELDS = ("data.source", "data.image_size", "data.zca", "data.zca_eps", "model.arch",
+               "model.width", "model.depth", "model.norm", "dsa.strategy", "dsa.mode",
+               "experts.optimizer", "experts.gsam_rho", "experts.gsam_alpha",
+               "experts.gsam_adaptive", "experts.lr", "experts.batch_size", "experts.seed")
+
+
+def _source_name(source: str) -> str:
+  """A data source as its kind and file or folder name, so one copy of the data moved to
+  another path (a clone elsewhere) names the same experts."""
+  kind, _, where = source.partition(":")
+  return f"{kind}:{Path(where).name}" if where and kind != "tfds" else source
+
+
+def kind(config) -> dict:
+  """{field: value} of KIND_FIELDS for a run config (GSAM's fields only for GSAM experts)."""
+  out = {}
+  for field in KIND_FIELDS:
+    section, name = field.split(".")
+    if name.startswith("gsam_") and config.experts.optimizer != "gsam":
+      continue
+    value = config[section][name]
+    out[field] = _source_name(value) if field == "data.source" else value
+  return out
+
+
+def stored_kind(meta: dict) -> dict:
+  """The kind of the experts a meta.json describes. Older folders record only the optimizer
+  (absent: plain SGD), lr, batch size and seed; the other fields are then not checked."""
+  out = dict(meta.get("kind", {}))
+  if "imported_from" in meta and not out:
+    return out  # the reference's buffers: what made them is not recorded
+  opt = meta.get("optimizer")
+  out.setdefault("experts.optimizer", opt["name"] if opt else "sgd")
+  if opt:
+    for name in ("rho", "alpha", "adaptive"):
+      out.setdefault(f"experts.gsam_{name}", opt[name])
+  for name in ("lr", "batch_size", "seed"):
+    if name in meta:
+      out.setdefault(f"experts.{name}", meta[name])
+  return out
+
+
+def kind_mismatch(meta: dict, wanted: dict) -> str | None:
+  """'field: stored -> wanted' for the first field where stored experts differ, or None."""
+  have = stored_kind(meta)
+  for field in KIND_FIELDS:
+    if field in have and field in wanted and have[field] != wanted[field]:
+      return f"{field}={have[field]!r} (this run: {wanted[field]!r})"
+  return None
+
+
 def expert_path(root, k: int) -> Path:
   return Path(root) / f"expert_{k:05d}"
 
@@ -118,7 +171,9 @@ def _write_meta(root: Path, meta: dict) -> None:
   path = root / "meta.json"
   if path.exists():
     old = json.loads(path.read_text())
-    if old != meta:
+    same = {k: v for k, v in old.items() if k != "kind"} == {
+        k: v for k, v in meta.items() if k != "kind"}
+    if not same or kind_mismatch(old, meta.get("kind", {})):
       raise checkpointing.CheckpointError(
           f"{root} holds experts trained with {old}, but this run asks for {meta}; use another "
           "workdir or delete the experts folder")
@@ -140,7 +195,8 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
                   epochs: int, lr: float, batch_size: int, parallel: int, strategy: str,
                   dsa_mode: str, seed: int, image_shape, gsam: GSAM | None = None,
                   save_epochs: int = 0, mesh=None, meta_extra=None, log=None,
-                  loop: str = "auto", process_index: int = 0, process_count: int = 1) -> None:
+                  loop: str = "auto", process_index: int = 0, process_count: int = 1,
+                  kind: dict | None = None) -> None:
   """Trains `num_experts` experts (in groups of `parallel`) and saves their trajectories.
 
   Already finished experts are skipped and an interrupted group resumes from its last epoch,
@@ -157,6 +213,7 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
       reads past max_start_epoch + expert_epochs, so the rest need not be kept.
     mesh: a `sharding.device_mesh()`: each device trains its share of a group's experts.
     log: optional callable(dict) receiving one record per epoch.
+    kind: what produced the experts (experts.kind(config)), recorded in meta.json.
     loop: how a group trains: 'vmap', 'map' or 'auto' (sharding.resolve_network_loop).
     process_index, process_count: with several processes (distributed.py) the groups are
       shared out in rounds and gathered to process 0, which alone writes `root`.
@@ -170,6 +227,8 @@ def train_experts(network: Network, x_train, y_train, x_test, y_test, *, root, n
   if save_epochs:
     meta["save_epochs"] = save_epochs
   meta.update(meta_extra or {})
+  if kind:
+    meta["kind"] = kind
   if process_index == 0:
     _write_meta(root, meta)
     checkpointing.remove_partial_writes(root)

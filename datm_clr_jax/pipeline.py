@@ -61,6 +61,7 @@ class Run:
     self.best_dir = self.workdir / "best"
     self.mesh = sharding.device_mesh(config.shard)
     self._prepared = None
+    self._ema_images = None  # FTD's moving average of the set being evaluated
     self._curves_drawn_at = -float("inf")
 
   # --------------------------------------------------------------------------- data, networks
@@ -118,7 +119,8 @@ class Run:
         gsam=experts.GSAM.from_config(c), save_epochs=c.save_epochs, mesh=self.mesh,
         meta_extra=({"held_out_val_per_class": d.val_per_class} if d.select == "val"
                     else None), log=self.log,
-        loop=c.loop, process_index=distributed.index(), process_count=distributed.count())
+        loop=c.loop, process_index=distributed.index(), process_count=distributed.count(),
+        kind=experts.kind(self.config))
     distributed.barrier("experts trained")  # the next phase reads every process's experts
     logging.info("experts: done in %.1fs", time.time() - t0)
     self.save_curves()
@@ -140,7 +142,8 @@ class Run:
     return step.init_state(np.zeros((n, *self.image_shape), np.float32),
                            np.zeros((n, self.num_classes), np.float32),
                            self.config.distill.syn_lr_init, opt,
-                           step.run_head(step_cfg, feat, self.config.seed))
+                           step.run_head(step_cfg, feat, self.config.seed),
+                           ema=bool(step_cfg.ema_decay))
 
   def load_state(self) -> step.SynState | None:
     """The newest distillation checkpoint, or None."""
@@ -162,8 +165,8 @@ class Run:
     d, p = self.config.distill, self.prepared
     images, labels = distillation.initial_synset(
         net, p.x_train, p.y_train, final_params, ipc=d.ipc,
-        num_classes=self.num_classes, init=d.init, seed=self.config.seed)
-    return self.state_template().replace(syn_images=images, syn_labels=labels)
+        num_classes=self.num_classes, init=d.init, seed=self.config.seed, labels=d.labels)
+    return step.with_images(self.state_template().replace(syn_labels=labels), images)
 
   def distill(self) -> step.SynState:
     d = self.config.distill
@@ -249,6 +252,8 @@ class Run:
       state = self.require_state()
     if loaded_here:  # distill() already wrote the files of the state it returned
       results_lib.save_synset(self.workdir, self.prepared, state, d.ipc)
+    self._ema_images = (np.asarray(state.ema_images)
+                        if isinstance(state, step.EMASynState) else None)
     return (np.asarray(state.syn_images), np.asarray(state.syn_labels), float(state.syn_lr),
             int(state.iteration), selected, None)
 
@@ -284,7 +289,16 @@ class Run:
     results = results_lib.header(
         self.config, num_classes=self.num_classes, ipc=len(images) // self.num_classes,
         syn_lr=lr, seeds=seeds, iteration=iteration, selection=selected, external=external)
-    sets = [("distilled", images, jax.nn.softmax(labels, axis=-1), lr)]
+    probs = (results_lib.label_distribution(self.config, labels) if not external
+             else np.asarray(jax.nn.softmax(labels, axis=-1)))
+    sets = [("distilled", images, probs, lr)]
+    if "distilled_ema" in results:
+      # FTD evaluates its moving average on the network the raw set trained; here each set
+      # trains its own fresh networks (docs/methods.md).
+      if distributed.count() > 1:
+        logging.warning("the EMA set is evaluated in single-process runs only")
+      elif self._ema_images is not None:
+        sets.append(("distilled_ema", self._ema_images, probs, lr))
     if e.random_real:
       sets.append(("random_real", *self._random_real(results["ipc"], seeds), e.random_real_lr))
     # An outside set's numbers must not overwrite this workdir's own results. The file is

@@ -19,10 +19,30 @@ from datm_clr_jax.data import Prepared
 from datm_clr_jax.errors import TorchIOError
 
 
+# The sets results.json may hold, each {arch: summary}: the distilled images, FTD's moving
+# average of them, and the random real baseline.
+SETS = ("distilled", "distilled_ema", "random_real")
+
+
 def method_name(config: ml_collections.ConfigDict) -> str:
-  """'datm_clr' when the config's contrastive term is on, else 'datm'."""
+  """config.method for MTT, TESLA and FTD; for DATM's family 'datm_clr' when the contrastive
+  term is on, else 'datm' (what the switches make, whatever the preset's name)."""
+  if config.method not in ("datm", "datm_clr"):
+    return config.method
   c = config.clr
   return "datm_clr" if step.contrast_on(c.strategy, c.alpha, c.lam) else "datm"
+
+
+def label_distribution(config: ml_collections.ConfigDict, syn_labels: np.ndarray
+                       ) -> np.ndarray:
+  """(n, C) the labels an evaluation trains on: one-hot classes (class-major) for sets
+  distilled with hard or teacher labels (TESLA's teacher labels are per iteration, not
+  kept), else the softmax of the label logits."""
+  if config.distill.labels in ("hard", "teacher"):
+    n, num_classes = syn_labels.shape
+    return np.eye(num_classes, dtype=np.float32)[np.arange(n) * num_classes // n]
+  z = syn_labels - syn_labels.max(-1, keepdims=True)
+  return (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).astype(np.float32)
 
 
 def header(config: ml_collections.ConfigDict, *, num_classes: int, ipc: int, syn_lr: float,
@@ -47,6 +67,14 @@ def header(config: ml_collections.ConfigDict, *, num_classes: int, ipc: int, syn
     results["protocol"]["num_segments"] = d.num_segments
   if d.student_momentum:
     results["protocol"]["student_momentum"] = d.student_momentum
+  for field, reference in (("labels", "learned"), ("gradient", "unrolled"), ("ema_decay", 0.0),
+                           ("init", "samples_predicted_correctly")):
+    if d[field] != reference:
+      results["protocol"][field] = d[field]
+  if config.experts.optimizer != "sgd":
+    results["protocol"]["experts_optimizer"] = config.experts.optimizer
+  if d.ema_decay and not external:
+    results["distilled_ema"] = {}
   if external:
     results["external"] = external
   if e.random_real:
@@ -74,7 +102,7 @@ def merge_archs(path: Path, results: dict) -> dict:
   if not same:
     logging.info("%s held results of another set or protocol; replacing them", path)
     return results
-  for block in ("distilled", "random_real"):
+  for block in SETS:
     merged = {**old.get(block, {}), **results.get(block, {})}
     if merged:
       results[block] = merged
@@ -85,6 +113,7 @@ def format_table(results: dict) -> str:
   """A short text table of results.json."""
   rows = [("set", "arch", "accuracy % (mean +- std)", "runs")]
   for key, label in (("distilled", f"distilled ({results['method']})"),
+                     ("distilled_ema", "distilled, EMA of the images"),
                      ("random_real", "random real")):
     for arch, r in results.get(key, {}).items():
       rows.append((label, arch, f"{r['mean']:.2f} +- {r['std']:.2f}",
@@ -100,9 +129,13 @@ def save_synset(workdir: Path, prepared: Prepared, state: step.SynState, ipc: in
   """syn_set.npz (whitened and pixel images, label logits, syn_lr) and syn_images.png."""
   pixels = prepared.to_pixels(np.asarray(state.syn_images))
   names = prepared.dataset.class_names
+  ema = {}
+  if isinstance(state, step.EMASynState):
+    ema = {"ema_images": np.asarray(state.ema_images),
+           "ema_images_pixels": prepared.to_pixels(np.asarray(state.ema_images))}
   np.savez(Path(workdir) / "syn_set.npz", syn_images=np.asarray(state.syn_images),
            syn_images_pixels=pixels, syn_labels=np.asarray(state.syn_labels),
-           syn_lr=np.asarray(state.syn_lr), class_names=np.asarray(names))
+           syn_lr=np.asarray(state.syn_lr), class_names=np.asarray(names), **ema)
   visualize.save_grid(pixels, ipc, names, Path(workdir) / "syn_images.png")
 
 

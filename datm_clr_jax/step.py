@@ -22,6 +22,11 @@ Readings of the paper where it is silent or contradicts itself, each a StepConfi
   * head: re-drawn at random each iteration ('random'), drawn once per run ('fixed') or
     learned by the outer optimiser ('learned').
   * The skip threshold applies to L_tm alone (DATM's quantity), not to the total loss.
+
+The other methods of the paper's Table 1 are switches of the same step (datm_clr_jax/methods.py
+sets them): `labels` ('hard' one-hot for MTT and FTD, 'teacher' for TESLA's soft labels),
+`threshold` 0 (no skip rule), `ema_decay` (FTD's moving average of the images) and
+`gradient` 'tesla' (TESLA's first-order estimator, datm_clr_jax/tesla.py).
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ STATUS_NAMES = {ACCEPTED: "accepted", OVER_THRESHOLD: "over_threshold",
                 NON_FINITE: "non_finite", BAD_LR: "syn_lr_not_positive"}
 
 CLR_STRATEGIES = ("fusion", "update", "none")
+# What the student's cross-entropy aims at: the learned label logits (DATM), the experts'
+# initial logits kept fixed, one-hot classes (MTT, FTD), or the target checkpoint's softmax
+# on the current images, recomputed every iteration (TESLA's teacher labels).
+LABELS = ("learned", "experts", "hard", "teacher")
+GRADIENTS = ("unrolled", "tesla")
 HEADS = ("random", "fixed", "learned")
 VIEWS = ("extra", "shared")
 # Checkpoint names (jax.ad_checkpoint) of what a remat policy may keep.
@@ -64,6 +74,9 @@ class SynState:
     head: projection-head params (a pytree; empty dict unless the head is fixed or learned).
     opt_images, opt_labels, opt_lr, opt_head: optax SGD-momentum states.
     iteration: () int32, the number of outer iterations done.
+
+  A run with an image EMA (FTD) keeps an EMASynState, which adds the moving average; a
+  SynState's checkpoints stay what they were.
   """
 
   syn_images: jax.Array
@@ -82,6 +95,13 @@ class SynState:
     return self.syn_images, self.syn_labels, self.syn_lr, self.head
 
 
+@flax.struct.dataclass
+class EMASynState(SynState):
+  """SynState plus ema_images (n, H, W, C): FTD's moving average of the synthetic images."""
+
+  ema_images: jax.Array = None
+
+
 def contrast_on(clr_strategy: str, alpha: float, lam: float) -> bool:
   """Whether the contrastive term exists at all: a zero weight switches it off."""
   return clr_strategy in ("fusion", "update") and (
@@ -96,7 +116,7 @@ class StepConfig:
   expert_epochs: int  # M
   min_start_epoch: int
   batch_syn: int
-  threshold: float
+  threshold: float  # skip the update when L_tm exceeds this; 0: never (MTT)
   strategy: str = augment.DEFAULT_STRATEGY  # DSA op families
   dsa_mode: str = "single"  # DSA mode of DATM's CE view
   clr_strategy: str = "fusion"  # 'fusion' | 'update' | 'none'
@@ -112,7 +132,9 @@ class StepConfig:
   student_momentum: float = 0.0  # the student's SGD momentum (DATM: 0; paper §4.1: 0.5)
   proj_hidden: int = 0  # hidden width of the head; 0: the feature width
   proj_dim: int = 128
-  learn_labels: bool = True
+  labels: str = "learned"  # LABELS
+  gradient: str = "unrolled"  # 'unrolled' (through the whole scan) | 'tesla' (first order)
+  ema_decay: float = 0.0  # FTD: ema <- d ema + (1 - d) images after every iteration; 0: none
   remat: bool = True  # recompute each inner step in the backward pass: memory flat in N
   remat_convs: bool = False  # with remat, keep conv outputs, DSA views, head hidden: ~N
   unroll: int = 1
@@ -150,7 +172,7 @@ class StepConfig:
         alpha=c.alpha, beta=c.beta, lam=c.lam, contrastive=c.loss, temperature=c.temperature,
         view_mode=c.view_mode, head=c.head, views=c.views, through_student=c.through_student,
         student_momentum=d.student_momentum, proj_hidden=c.proj_hidden, proj_dim=c.proj_dim,
-        learn_labels=d.learn_labels, remat=d.remat, remat_convs=d.remat_convs,
+        labels=d.labels, gradient=d.gradient, ema_decay=d.ema_decay, remat=d.remat, remat_convs=d.remat_convs,
         unroll=d.scan_unroll, num_segments=d.num_segments,
         segment_loop=sharding.resolve_network_loop(d.segment_loop, num_devices,
                                                    "distill.segment_loop"))
@@ -182,17 +204,48 @@ class OuterOptim:
             optax.sgd(self.lr_lr, self.momentum_lr), optax.sgd(self.lr_head, self.momentum_head))
 
 
-def init_state(syn_images, syn_labels, syn_lr: float, opt: OuterOptim, head_params=None
-               ) -> SynState:
-  """A fresh SynState. Shapes: syn_images (n,H,W,C), syn_labels (n,C)."""
+def init_state(syn_images, syn_labels, syn_lr: float, opt: OuterOptim, head_params=None,
+               ema: bool = False) -> SynState:
+  """A fresh SynState (an EMASynState whose average starts at the images when `ema`).
+  Shapes: syn_images (n,H,W,C), syn_labels (n,C)."""
   o_img, o_y, o_lr, o_head = opt.optimizers()
   syn_images = jnp.asarray(syn_images, jnp.float32)
   syn_labels = jnp.asarray(syn_labels, jnp.float32)
   lr = jnp.asarray(syn_lr, jnp.float32)
   head = head_params if head_params is not None else {}
-  return SynState(syn_images, syn_labels, lr, head, o_img.init(syn_images),
-                  o_y.init(syn_labels), o_lr.init(lr), o_head.init(head),
-                  jnp.zeros((), jnp.int32))
+  parts = (syn_images, syn_labels, lr, head, o_img.init(syn_images), o_y.init(syn_labels),
+           o_lr.init(lr), o_head.init(head), jnp.zeros((), jnp.int32))
+  return EMASynState(*parts, ema_images=syn_images) if ema else SynState(*parts)
+
+
+def with_images(state: SynState, syn_images) -> SynState:
+  """The state with new images; an EMA restarts from them (a fresh run's initial set)."""
+  state = state.replace(syn_images=jnp.asarray(syn_images, jnp.float32))
+  if isinstance(state, EMASynState):
+    state = state.replace(ema_images=state.syn_images)
+  return state
+
+
+def ema_update(state: SynState, decay: float) -> SynState:
+  """FTD's shadow of the images after an iteration: d ema + (1 - d) images (no bias
+  correction, no warm-up); a state without an EMA as it is."""
+  if not isinstance(state, EMASynState):
+    return state
+  return state.replace(ema_images=decay * state.ema_images + (1 - decay) * state.syn_images)
+
+
+def label_targets(cfg: StepConfig, network: Network, label_logits, syn_classes, images, target):
+  """(n, C) the distributions the student's cross-entropy aims at (LABELS).
+
+  label_logits (n, C), syn_classes (n,), images (n,H,W,C), target (P,) the expert's
+  parameters at t + M (read by 'teacher' only, never differentiated).
+  """
+  if cfg.labels == "hard":
+    return jax.nn.one_hot(syn_classes, label_logits.shape[-1], dtype=label_logits.dtype)
+  if cfg.labels == "teacher":
+    logits = network.apply_flat(target, images)[0]
+    return jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
+  return jax.nn.softmax(label_logits, axis=-1)
 
 
 # ------------------------------------------------------------------------- the projection head
@@ -399,7 +452,7 @@ def make_outer_loss(network: Network, cfg: StepConfig, syn_classes: jax.Array, f
     _, _, k_batch, k_aug, _ = step_keys(key)
     idx = minibatch_indices(k_batch, images.shape[0], cfg.batch_syn, cfg.num_inner_steps)
     aug_keys = jax.random.split(k_aug, cfg.num_inner_steps)
-    probs = jax.nn.softmax(label_logits, axis=-1)
+    probs = label_targets(cfg, network, label_logits, syn_classes, images, target)
     early_views = jax.vmap(lambda x, k: draw_views(plan, cfg.strategy, x, k, plan.early))(
         sharding.constrain_batch(images[idx], mesh, axis=1), aug_keys) if plan.early else ()
 
@@ -489,13 +542,14 @@ def outer_update(opt: OuterOptim, state: SynState, grads) -> SynState:
 
 
 def update_status(total, grads, l_tm, new_lr, threshold: float):
-  """ACCEPTED, or why the update is skipped (a non-finite value, L_tm over the threshold,
-  syn_lr not positive), as a () int32."""
+  """ACCEPTED, or why the update is skipped (a non-finite value, L_tm over the threshold
+  unless it is 0, syn_lr not positive), as a () int32."""
   leaves = jax.tree_util.tree_leaves((total, grads))
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
   lr_ok = jnp.isfinite(new_lr) & (new_lr > 0)
+  over = l_tm > threshold if threshold else jnp.zeros((), bool)
   return jnp.where(~finite, NON_FINITE,
-                   jnp.where(l_tm > threshold, OVER_THRESHOLD,
+                   jnp.where(over, OVER_THRESHOLD,
                              jnp.where(~lr_ok, BAD_LR, ACCEPTED)))
 
 
@@ -511,17 +565,23 @@ def make_distill_step(network: Network, cfg: StepConfig, opt: OuterOptim, syn_cl
   minibatches are split over its devices.
   """
   syn_classes = jnp.asarray(syn_classes, jnp.int32)
-  loss_and_grads = jax.value_and_grad(
-      make_segments_loss(network, cfg, syn_classes, feat_dim, mesh), has_aux=True)
+  if cfg.gradient == "tesla":
+    from datm_clr_jax import tesla  # pylint: disable=import-outside-toplevel
+    loss_and_grads = tesla.make_value_and_grad(network, cfg, syn_classes)
+  else:
+    loss_and_grads = jax.value_and_grad(
+        make_segments_loss(network, cfg, syn_classes, feat_dim, mesh), has_aux=True)
 
   def step(state: SynState, trajectories, upper, key):
     (total, (l_tm, l_con, experts, starts)), grads = loss_and_grads(
         state.learned, trajectories, upper, key)
-    applied = grads if cfg.learn_labels else (grads[0], jnp.zeros_like(grads[1]), *grads[2:])
-    proposed = outer_update(opt, state, applied)
+    if cfg.labels != "learned":
+      grads = (grads[0], jnp.zeros_like(grads[1]), *grads[2:])
+    proposed = outer_update(opt, state, grads)
     status = update_status(total, grads, l_tm, proposed.syn_lr, cfg.threshold)
     new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(status == ACCEPTED, a, b),
                                        proposed, state).replace(iteration=state.iteration + 1)
+    new_state = ema_update(new_state, cfg.ema_decay)
     metrics = {"loss": total, "l_tm": l_tm, "l_contrast": l_con, "status": status,
                "expert": experts[0], "start_epoch": starts[0], "syn_lr": new_state.syn_lr,
                "proposed_syn_lr": proposed.syn_lr,

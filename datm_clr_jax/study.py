@@ -6,21 +6,27 @@ A plan is a JSON file, written (and committed) before any of its results exist:
    "overrides": ["eval.random_real=False"],     for every cell (what follows --config.)
    "dev_seeds": [0, 1, 2], "heldout_seeds": [3, 4, 5],
    "baseline": "A0",
+   "experts_dir": "experts",                    optional, relative to the plan
    "arms": {"A0": {"desc": "DATM", "overrides": ["clr.alpha=0.0"]},
+            "F": {"desc": "FTD", "config": "configs/cifar10_r1.py:ftd",
+                  "experts_dir": "experts_gsam"},
             "A1": {"desc": "...", "overrides": [...], "control": "A0", "contrastive": true},
             "A6": {"desc": "...", "from_best": ["A2", "A4"], "overrides": [...],
                    "contrastive": true}}}
 
-An arm with `from_best` inherits the overrides and the control of whichever of those arms has
+An arm may name its own `config` (e.g. a method's preset) and `experts_dir`; the arms that
+share an experts folder must ask for experts of one kind (experts.kind). An arm with
+`from_best` inherits the overrides and the control of whichever of those arms has
 the higher dev-seed mean, so it can run only once their dev cells are done. Every arm runs on
 the dev seeds; then the contrastive arm with the highest dev-seed mean (the chosen arm), its
 control and the baseline run on the held-out seeds, which no choice looks at. The decision
 rule: the chosen arm beats the baseline if, on the held-out seeds, its mean paired difference
-against its control and against the baseline each exceed twice their standard error.
+against its control and against the baseline each exceed twice their standard error. A plan
+without contrastive arms is a table: every arm on every dev seed, paired against the baseline.
 
-All cells share one set of experts (trained once, or found in the plan's `experts_dir`) and
-the data cache. A finished cell leaves results.json and metrics.jsonl under
-<results>/runs/<arm>_seed<s>/; the runner skips those, so the same command resumes a study,
+The cells of one experts folder share its experts (trained once, or found there) and all
+share the data cache. A finished cell leaves results.json, metrics.jsonl and its distilled
+set syn_set.npz under <results>/runs/<arm>_seed<s>/; the runner skips those, so the same command resumes a study,
 and it refuses a cell whose recorded overrides are no longer the plan's.
 """
 
@@ -92,10 +98,21 @@ def load_plan(path) -> dict:
   return plan
 
 
-def base_config(plan: dict) -> ml_collections.ConfigDict:
-  """The plan's config file (a path relative to the repository, or `path:variant`) with the
-  plan's common overrides."""
-  return config_file.load(plan["config"], plan.get("overrides", []))
+def base_config(plan: dict, arm: str | None = None) -> ml_collections.ConfigDict:
+  """The config file of `arm` (its own, else the plan's; a path relative to the repository,
+  or `path:variant`) with the plan's common overrides."""
+  path = plan["arms"][arm].get("config", plan["config"]) if arm else plan["config"]
+  return config_file.load(path, plan.get("overrides", []))
+
+
+def is_table(plan: dict) -> bool:
+  """A plan without contrastive arms: no decision rule, every arm on every dev seed."""
+  return not any(arm.get("contrastive") for arm in plan["arms"].values())
+
+
+def experts_dir_of(plan: dict, arm: str) -> str:
+  """The arm's experts folder as the plan names it ('' for the runner's own)."""
+  return plan["arms"][arm].get("experts_dir", plan.get("experts_dir", ""))
 
 
 # ----------------------------------------------------------------------------- results
@@ -113,9 +130,12 @@ def read_cells(results_dir) -> dict[str, dict]:
   return out
 
 
-def cell_accuracy(results: dict, arch: str = "convnet") -> float:
-  """Mean test accuracy in percent over the evaluation seeds of a results.json."""
-  return float(results["distilled"][arch]["mean"])
+def cell_accuracy(results: dict, arch: str = "convnet", set_name: str = "distilled"
+                  ) -> float | None:
+  """Mean test accuracy in percent over the evaluation seeds of a results.json (None where
+  it has no such set, e.g. no EMA)."""
+  got = results.get(set_name, {}).get(arch)
+  return None if got is None else float(got["mean"])
 
 
 def paired(a: dict, b: dict, seeds) -> dict | None:
@@ -198,9 +218,11 @@ def planned_cells(plan: dict, accuracies: dict[str, dict]) -> list[Cell]:
 def summarize(plan: dict, cells: dict[str, dict]) -> dict:
   """summary.json: every arm's accuracy per seed, its paired differences against its
   control and the baseline (dev and held-out seeds), the chosen arm and the verdict."""
-  acc = {}
+  acc, ema = {}, {}
   for rec in cells.values():
     acc.setdefault(rec["arm"], {})[str(rec["seed"])] = rec["accuracy"]
+    if rec.get("accuracy_ema") is not None:  # FTD: its images' moving average as well
+      ema.setdefault(rec["arm"], {})[str(rec["seed"])] = rec["accuracy_ema"]
   arms = resolve(plan, acc)
   base, dev, held = plan["baseline"], plan["dev_seeds"], plan["heldout_seeds"]
   out_arms = {}
@@ -212,6 +234,10 @@ def summarize(plan: dict, cells: dict[str, dict]) -> dict:
              "dev_mean": _dev_mean(acc.get(name, {}), dev)}
     if r["based_on"]:
       entry["based_on"] = r["based_on"]
+    if name in ema:
+      entry["ema"] = {"seeds": dict(sorted(ema[name].items(), key=lambda kv: int(kv[0]))),
+                      "dev_mean": _dev_mean(ema[name], dev),
+                      "vs_baseline_dev": paired(ema[name], acc.get(base, {}), dev)}
     for label, seeds in (("dev", dev), ("heldout", held)):
       if r["control"]:
         entry[f"vs_control_{label}"] = paired(acc.get(name, {}), acc.get(r["control"], {}),
@@ -225,6 +251,11 @@ def summarize(plan: dict, cells: dict[str, dict]) -> dict:
              "control": arms[chosen]["control"] if chosen else None}
   expected = planned_cells(plan, acc)
   missing = [c.name for c in expected if c.name not in cells]
+  if is_table(plan):
+    summary["verdict"] = (f"table: {len(missing)} of {len(expected)} cells still to run"
+                          if missing else f"table: all {len(expected)} cells done")
+    summary["missing"] = missing
+    return summary
   if chosen is None or missing:
     summary["verdict"] = (f"pending: {len(missing)} cells still to run" if chosen else
                           "pending: the dev cells are not all done")
@@ -263,11 +294,19 @@ def format_table(summary: dict) -> str:
     row += [_cell_text(a.get(k)) for k in ("vs_control_dev", "vs_baseline_dev",
                                            "vs_control_heldout", "vs_baseline_heldout")]
     rows.append(row)
+    if "ema" in a:  # FTD's moving average of the same cells' images
+      e = a["ema"]
+      row = [f"{name} EMA", "the moving average of its images"]
+      row += [f"{e['seeds'][str(s)]:.2f}" if str(s) in e["seeds"] else "" for s in seeds]
+      row += ["" if e["dev_mean"] is None else f"{e['dev_mean']:.2f}", "", "",
+              _cell_text(e["vs_baseline_dev"]), "", ""]
+      rows.append(row)
   lines = ["| " + " | ".join(r) + " |" for r in rows]
   return ("\n".join(lines) + "\n\nAccuracy: ConvNet test %, mean over the evaluation seeds of "
           "one distillation seed. Differences: mean paired difference +- its standard error "
-          f"over the seeds both arms hold.\n\nChosen: {summary['chosen']}. Verdict: "
-          f"{summary['verdict']}\n")
+          "over the seeds both arms hold.\n\n" + (
+              f"Status: {summary['verdict']}\n" if summary["verdict"].startswith("table")
+              else f"Chosen: {summary['chosen']}. Verdict: {summary['verdict']}\n"))
 
 
 def save_seed_curves(results_dir) -> list[Path]:
@@ -385,11 +424,40 @@ def code_commit() -> str | None:
 
 
 def cell_config(plan: dict, cell: Cell, root: Path, experts_dir: Path):
-  config = config_file.apply_overrides(base_config(plan), cell.overrides)
+  config = config_file.apply_overrides(base_config(plan, cell.arm), cell.overrides)
   config.seed = cell.seed
   config.experts.dir = str(experts_dir)
   config.data.cache_dir = str(root / "cache")
   return config
+
+
+def experts_path(plan: dict, arm: str, root: Path) -> Path:
+  """Where the arm's experts live: its (or the plan's) experts_dir, relative to the plan,
+  else the runner's own folder under root."""
+  named = experts_dir_of(plan, arm)
+  return Path(plan["_path"]).parent / named if named else root / "experts_run" / "experts"
+
+
+def _experts_workdir(plan: dict, arm: str, root: Path) -> Path:
+  named = experts_dir_of(plan, arm)
+  same = named == plan.get("experts_dir", "")
+  return root / ("experts_run" if same else f"experts_run_{Path(named).name}")
+
+
+def _check_experts_kinds(plan: dict, root: Path) -> None:
+  """Arms that share an experts folder must ask for experts of one kind."""
+  from datm_clr_jax import experts  # pylint: disable=import-outside-toplevel
+  seen: dict[str, tuple[str, dict]] = {}
+  for name, arm in plan["arms"].items():
+    where = experts_path(plan, name, root)
+    config = cell_config(plan, Cell(name, 0, tuple(arm.get("overrides", []))), root, where)
+    kind = experts.kind(config)
+    first = seen.setdefault(str(where), (name, kind))
+    if first[1] != kind:
+      field = next(f for f in kind if kind[f] != first[1].get(f))
+      raise StudyError(f"arms {first[0]} and {name} share the experts in {where} but ask for "
+                       f"{field}={first[1].get(field)!r} and {kind[field]!r}: give one of "
+                       "them its own experts_dir")
 
 
 def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None,
@@ -398,26 +466,25 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
 
   root: where the experts, data cache and each cell's workdir live (checkpoints/...).
   results_dir: where finished cells and the summary go (default: the plan's folder).
-  The plan's optional `experts_dir` (relative to the plan) holds the study's experts, so
-  that cells run on other machines or days match the very same trajectories.
+  The plan's (or an arm's) optional `experts_dir` (relative to the plan) holds the experts,
+  so that cells run on other machines or days match the very same trajectories.
   """
   from datm_clr_jax import checks, pipeline  # pylint: disable=import-outside-toplevel
 
   plan = load_plan(plan_path)
-  plan_dir = Path(plan["_path"]).parent
-  results_dir = Path(results_dir) if results_dir else plan_dir
+  results_dir = Path(results_dir) if results_dir else Path(plan["_path"]).parent
   root = Path(root)
-  experts_dir = (plan_dir / plan["experts_dir"] if plan.get("experts_dir")
-                 else root / "experts_run" / "experts")
   # Every arm's config is built and validated before anything trains.
   for cell in planned_cells(plan, {}) + [Cell(a, 0, tuple(arm.get("overrides", [])))
                                          for a, arm in plan["arms"].items()]:
-    checks.validate_config(cell_config(plan, cell, root, experts_dir))
+    checks.validate_config(cell_config(plan, cell, root, experts_path(plan, cell.arm, root)))
+  _check_experts_kinds(plan, root)
   done_cells = read_cells(results_dir)
   for name, rec in done_cells.items():
     if rec["arm"] not in plan["arms"]:
       raise StudyError(f"{cell_dir(results_dir, name)} belongs to arm {rec['arm']!r}, which "
                        "the plan no longer has")
+  fingerprints: dict[str, str] = {}  # experts folder as the plan names it -> sha256
   ran = 0
   while not dry_run:
     acc = {}
@@ -435,33 +502,46 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
     if not todo or (max_cells is not None and ran >= max_cells):
       break
     cell = todo[0]
-    if ran == 0:
-      experts_config = cell_config(plan, cell, root, experts_dir)
-      pipeline.run(experts_config, str(root / "experts_run"), "experts")
-      fingerprint = trajectories_fingerprint(experts_dir)
-      other = {r.get("experts_sha256") for r in done_cells.values()} - {fingerprint, None}
+    named, where = experts_dir_of(plan, cell.arm), experts_path(plan, cell.arm, root)
+    if named not in fingerprints:
+      pipeline.run(cell_config(plan, cell, root, where),
+                   str(_experts_workdir(plan, cell.arm, root)), "experts")
+      fingerprints[named] = trajectories_fingerprint(where)
+      other = {r.get("experts_sha256") for r in done_cells.values()
+               if r.get("experts_dir", plan.get("experts_dir", "")) == named}
+      other -= {fingerprints[named], None}
       if other:
-        raise StudyError(f"the experts in {experts_dir} (sha256 {fingerprint[:12]}...) are not "
-                         f"the ones the finished cells matched ({sorted(other)}): restore "
+        raise StudyError(f"the experts in {where} (sha256 {fingerprints[named][:12]}...) are "
+                         f"not the ones the finished cells matched ({sorted(other)}): restore "
                          "them, or start the study over in a new folder")
     logging.info("study: cell %s (%d left): %s", cell.name, len(todo), " ".join(cell.overrides))
     workdir = root / cell.name
-    config = cell_config(plan, cell, root, experts_dir)
+    config = cell_config(plan, cell, root, where)
     pipeline.run(config, str(workdir), "distill")
     results = pipeline.run(config, str(workdir), "evaluate")
     out = cell_dir(results_dir, cell.name)
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("results.json", "metrics.jsonl"):
+    for f in ("results.json", "metrics.jsonl", "syn_set.npz"):
       shutil.copy2(workdir / f, out / f)
     rec = {"arm": cell.arm, "seed": cell.seed, "overrides": list(cell.overrides),
-           "accuracy": cell_accuracy(results), "experts_sha256": fingerprint,
+           "accuracy": cell_accuracy(results), "experts_sha256": fingerprints[named],
            "machine": machine(), "code_commit": code_commit()}
+    if named != plan.get("experts_dir", ""):
+      rec["experts_dir"] = named
+    if cell_accuracy(results, set_name="distilled_ema") is not None:
+      rec["accuracy_ema"] = cell_accuracy(results, set_name="distilled_ema")
     checkpointing.write_json(out / "cell.json", rec)
     done_cells[cell.name] = rec
     ran += 1
     write_summary(plan, results_dir)
-  prints = {rec.get("experts_sha256") for rec in done_cells.values()}
-  if len(prints) > 1:
-    raise StudyError(f"cells in {results_dir} matched different experts ({sorted(prints)}): "
-                     "a study's cells must share one set of experts")
+  by_folder: dict = {}
+  for rec in done_cells.values():
+    by_folder.setdefault(rec.get("experts_dir", plan.get("experts_dir", "")), set()).add(
+        rec.get("experts_sha256"))
+  for folder, prints in by_folder.items():
+    if len(prints) > 1:
+      where = folder or "the runner's folder"
+      raise StudyError(f"cells in {results_dir} matched different experts in {where} "
+                       f"({sorted(prints, key=str)}): the cells of one experts folder must "
+                       "share its experts")
   return write_summary(plan, results_dir)

@@ -167,14 +167,17 @@ def test_incompatible_settings_are_named():
                                 ("eval.archs", ("resnet18,vgg11",), "as a tuple"),
                                 ("distill.num_segments", 0, "distill.num_segments"),
                                 ("distill.segment_loop", "pmap", "distill.segment_loop"),
-                                ("eval.progress_every", -1, "eval.progress_every")]:
+                                ("eval.progress_every", -1, "eval.progress_every"),
+                                ("distill.labels", "soft", "distill.labels"),
+                                ("distill.ema_decay", 1.0, "distill.ema_decay"),
+                                ("distill.threshold", -1.0, "distill.threshold")]:
     config = tiny_config()
     config[field.split(".")[0]][field.split(".")[1]] = value
     with pytest.raises(errors.ConfigError, match=message):
       checks.validate_config(config)
   config = tiny_config()
-  config.experts.import_dir, config.experts.optimizer = "/buffers", "gsam"
-  with pytest.raises(errors.ConfigError, match="experts.import_dir.*experts.optimizer"):
+  config.distill.gradient = "tesla"  # the tiny config has the contrastive term on
+  with pytest.raises(errors.ConfigError, match="distill.gradient='tesla'.*clr.strategy"):
     checks.validate_config(config)
   config = tiny_config()
   config.distill.select, config.eval.synset = "val", "/x.npz"
