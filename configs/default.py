@@ -132,5 +132,16 @@ def get_config():
   config.eval.random_real = True  # Also evaluate random real images (same IPC, hard labels).
   config.eval.random_real_lr = 0.01  # Learning rate of the random-real baseline.
   config.eval.resume = True  # Keep results.json's numbers of this same set; False: evaluate anew.
+  # Label- and augmentation-robust scores (DD-Ranking's definitions, datm_clr_jax/scores.py):
+  # acc | hlr | ior | lrs | ars. Beyond acc each needs more evaluations (docs/usage.md).
+  config.eval.metrics = ("acc",)
+  config.eval.lrs_weight = 0.5  # w in LRS = N(w IOR - (1 - w) HLR).
+  config.eval.ars_weight = 0.5  # g in ARS: the weight of the augmented runs.
+  config.eval.teacher_expert = 0  # Whose final checkpoint gives a random subset soft labels.
+  config.eval.full_epochs = 50  # HLR's full-data training: epochs (the evaluation's recipe),
+  config.eval.full_lr = 0.01  # learning rate,
+  config.eval.full_batch_size = 256  # minibatch,
+  config.eval.full_seeds = 1  # networks; trained once per protocol and cached in
+  config.eval.full_cache = ""  # this file (empty: <workdir>/full_data.json).
   config.eval.synset = ""  # Evaluate this set instead: export/syn_set.npz or a reference folder.
   return config

@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_collections
 
 from datm_clr_jax import (augment, data, distributed, evaluate, experts, losses, methods,
-                          metric_writers, models, sharding, step)
+                          metric_writers, models, scores, sharding, step)
 from datm_clr_jax.errors import CheckpointError, ConfigError
 from datm_clr_jax.kernels import CONV_IMPLS
 from datm_clr_jax.models import ARCHS, NORMS
@@ -47,6 +47,8 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
       (d.labels, step.LABELS, "distill.labels"),
       (d.gradient, step.GRADIENTS, "distill.gradient")]:
     _choice(value, allowed, field)
+  for metric in config.eval.metrics:
+    _choice(metric, scores.METRICS, "eval.metrics")
   for arch in config.eval.archs:
     if "," in arch:  # The command line turns a comma-separated string into a one-item tuple.
       raise ConfigError(f"config.eval.archs={arch!r}: give several architectures as a tuple, "
@@ -98,11 +100,12 @@ POSITIVE = ("distill.ipc", "distill.iterations", "distill.num_inner_steps",
             "distill.scan_unroll", "distill.num_segments", "experts.epochs", "experts.lr",
             "experts.num_experts", "experts.parallel", "experts.batch_size", "eval.num_eval",
             "eval.epochs", "eval.batch_size", "eval.random_real_lr", "clr.temperature",
-            "clr.proj_dim", "clr.lr_head", "data.zca_eps")
+            "clr.proj_dim", "clr.lr_head", "data.zca_eps", "eval.full_epochs", "eval.full_lr",
+            "eval.full_batch_size", "eval.full_seeds")
 NON_NEGATIVE = ("clr.alpha", "clr.beta", "clr.lam", "eval.weight_decay", "eval.progress_every",
                 "distill.batch_syn", "distill.val_per_class", "distill.num_experts",
                 "data.image_size", "clr.proj_hidden", "experts.gsam_rho", "experts.gsam_alpha",
-                "distill.threshold")
+                "distill.threshold", "eval.teacher_expert")
 MOMENTA = ("distill.momentum_img", "distill.momentum_lr", "distill.momentum_y",
            "distill.student_momentum", "clr.momentum_head", "eval.momentum",
            "distill.ema_decay")  # a decay, in [0, 1) like the momenta
@@ -124,6 +127,9 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
   d, ex = config.distill, config.experts
   _check_numbers(config)
+  for field in ("lrs_weight", "ars_weight"):
+    if not 0 <= config.eval[field] <= 1:
+      raise ConfigError(f"config.eval.{field} must lie in [0, 1], got {config.eval[field]}")
   if not 0 <= d.min_start_epoch < d.max_start_epoch:
     raise ConfigError(f"need 0 <= distill.min_start_epoch ({d.min_start_epoch}) < "
                       f"distill.max_start_epoch ({d.max_start_epoch})")
@@ -179,8 +185,10 @@ def _check_paths(config: ml_collections.ConfigDict, workdir: Path, mode: str) ->
   experts_dir = Path(ex.dir) if ex.dir else workdir / "experts"
   if experts_dir.exists() and not experts_dir.is_dir():
     raise ConfigError(f"config.experts.dir={experts_dir} is a file, not a folder")
-  needs_experts = mode == "distill" or (mode == "evaluate" and config.distill.select == "val"
-                                        and not synset)
+  teacher = (scores.needed_sets(config.eval.metrics, config.distill.labels in ("hard", "teacher"))
+             & {"random"}) and config.distill.labels not in ("hard", "teacher")
+  needs_experts = mode == "distill" or (mode == "evaluate" and not synset and (
+      config.distill.select == "val" or teacher))
   if needs_experts and not experts.finished_experts(experts_dir):
     raise CheckpointError(
         f"no expert trajectories in {experts_dir}; run --mode=experts (or --mode=all) first, "

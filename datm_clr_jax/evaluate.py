@@ -40,6 +40,7 @@ class EvalConfig:
   dsa_mode: str = "single"
   seed_loop: str = "auto"  # 'vmap' | 'map' | 'auto' (resolve_seed_loop)
   progress_every: int = 0  # log every this many epochs of each seed (0: no progress lines)
+  augment: bool = True  # DSA on every batch; False for the no-augmentation runs of ARS
 
   @classmethod
   def from_config(cls, config, epochs: int | None = None, progress: bool = True) -> EvalConfig:
@@ -158,7 +159,7 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
       def step(carry, xs):
         variables, opt_state = carry
         idx, m, k = xs
-        xb = augment.dsa(x[idx], k, cfg.strategy, cfg.dsa_mode)
+        xb = augment.dsa(x[idx], k, cfg.strategy, cfg.dsa_mode) if cfg.augment else x[idx]
 
         def f(params):
           return _loss_fn(network, {**variables, "params": params}, xb, y[idx], m)

@@ -226,7 +226,37 @@ class AlexNet(nn.Module):
     return TorchDense(self.num_classes)(features), features
 
 
-ARCHS = ("convnet", "convnetd4", "resnet18", "resnet18_bn", "vgg11", "vgg11_bn", "alexnet")
+class DenseNet(nn.Module):
+  """The CIFAR DenseNet of the dataset-distillation benchmarks (DenseNet-121: blocks of
+  6, 12, 24, 16 bottleneck layers, growth 32): a 3x3 stem of 2 * growth channels, each layer
+  BN-ReLU-1x1 conv (4 * growth)-BN-ReLU-3x3 conv (growth) concatenated to its input, a
+  transition (BN-ReLU-1x1 conv halving the channels, 2x2 average pool) after every block but
+  the last, then BN-ReLU, global average pool and a linear head. Bias-free convolutions;
+  batch norm with running statistics."""
+
+  num_classes: int
+  blocks: tuple[int, ...] = (6, 12, 24, 16)
+  growth: int = 32
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv = lambda f, k, p: TorchConv(f, kernel_size=k, padding=p, use_bias=False,
+                                     conv_impl=self.conv_impl)
+    bn_relu = lambda y: nn.relu(make_norm("batch", train)(y))
+    x = conv(2 * self.growth, 3, 1)(x)
+    for i, layers in enumerate(self.blocks):
+      for _ in range(layers):
+        y = conv(4 * self.growth, 1, 0)(bn_relu(x))
+        x = jnp.concatenate([conv(self.growth, 3, 1)(bn_relu(y)), x], axis=-1)
+      if i < len(self.blocks) - 1:
+        x = avg_pool2(conv(x.shape[-1] // 2, 1, 0)(bn_relu(x)))
+    features = jnp.mean(bn_relu(x), axis=(1, 2))  # the reference's 4x4 average pool at 32 px
+    return TorchDense(self.num_classes)(features), features
+
+
+ARCHS = ("convnet", "convnetd4", "resnet18", "resnet18_bn", "vgg11", "vgg11_bn", "alexnet",
+         "densenet121")
 
 
 def build_module(arch: str, num_classes: int, *, width: int = 128, depth: int = 3,
@@ -234,7 +264,8 @@ def build_module(arch: str, num_classes: int, *, width: int = 128, depth: int = 
   """Builds a network by name (one of ARCHS).
 
   `width`, `depth` and `norm` apply to the ConvNets; the cross-architecture networks fix their
-  own widths, and their `_bn` variants use batch norm (with running statistics).
+  own widths, and their `_bn` variants (and DenseNet-121) use batch norm with running
+  statistics.
   """
   arch = arch.lower()
   if norm not in NORMS:
@@ -252,6 +283,8 @@ def build_module(arch: str, num_classes: int, *, width: int = 128, depth: int = 
                  conv_impl=impl)
   if arch == "alexnet":
     return AlexNet(num_classes, conv_impl=impl)
+  if arch == "densenet121":
+    return DenseNet(num_classes, conv_impl=impl)
   raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
 
 

@@ -18,7 +18,9 @@ Workdir layout:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import json
 import time
 from pathlib import Path
 
@@ -30,7 +32,8 @@ from absl import logging
 
 from datm_clr_jax import (checkpointing, checks, data, distillation, distributed, evaluate,
                           experts, locking, metric_writers, models, outside, preemption,
-                          results as results_lib, selection, sharding, step, visualize)
+                          results as results_lib, scores, selection, sharding, step,
+                          visualize)
 from datm_clr_jax.errors import CheckpointError, ConfigError
 from datm_clr_jax.models import feature_dim
 
@@ -301,28 +304,115 @@ class Run:
         sets.append(("distilled_ema", self._ema_images, probs, lr))
     if e.random_real:
       sets.append(("random_real", *self._random_real(results["ipc"], seeds), e.random_real_lr))
+    need = scores.needed_sets(e.metrics, hard_labels=self._hard_labels(external))
+    sets += self._score_sets(need, images, lr, seeds, results["ipc"], have=sets)
+    for name, *_ in sets:
+      results.setdefault(name, {})
     # An outside set's numbers must not overwrite this workdir's own results. The file is
     # rewritten after every (network, set), so a kill loses one evaluation at most, and with
     # eval.resume a second call keeps what the file holds for this same set.
     path = self.workdir / ("results_external.json" if external else "results.json")
-    earlier = results_lib.merge_archs(path, {**results, "distilled": {}, "random_real": {}})
+    earlier = results_lib.merge_archs(path, {**results, **{name: {} for name, *_ in sets}})
     for arch in e.archs:
       net = self.network(arch)
-      for name, x, y, set_lr in sets:
+      for name, x, y, set_lr, *noaug in sets:
         kept = earlier[name].get(arch) if e.resume else None
         with preemption.deferred():  # a signal waits for this evaluation and its record
-          got = self._evaluate_one(net, arch, name, x, y, set_lr, seeds, kept, path)
+          got = self._evaluate_one(net, arch, name, x, y, set_lr, seeds, kept, path,
+                                   augment=not noaug)
           if got is not None:
             results[name][arch] = got
           if distributed.index() == 0:
             checkpointing.write_json(path, results_lib.merge_archs(path, results))
+      if need:
+        self._add_scores(results, arch, net, need)
+        if distributed.index() == 0:
+          checkpointing.write_json(path, results_lib.merge_archs(path, results))
     results = results_lib.merge_archs(path, results)
     if distributed.index() == 0:
       checkpointing.write_json(path, results)
     return results
 
-  def _evaluate_one(self, net, arch, name, images, labels, lr, seeds, kept, path
-                    ) -> dict | None:
+  # ------------------------------------------------------------- label- and augmentation-robust
+  def _hard_labels(self, external) -> bool:
+    return not external and self.config.distill.labels in ("hard", "teacher")
+
+  def _score_sets(self, need, images, lr, seeds, ipc, have) -> list[tuple]:
+    """The extra evaluations the scores need, as (name, x, y, lr[, 'noaug']) (scores.py):
+    the set on one-hot labels, random subsets with the set's kind of labels (one-hot, or the
+    teacher's soft labels), each also trained without augmentation for ARS."""
+    out, e = [], self.config.eval
+    onehot = results_lib.class_one_hot(len(images), self.num_classes)
+    distilled = next(s for s in have if s[0] == "distilled")
+    if "distilled_hard" in need:
+      out.append(("distilled_hard", images, onehot, lr))
+    if "distilled_noaug" in need:
+      out.append(("distilled_noaug", *distilled[1:4], "noaug"))
+    if "random" in need:
+      x_rand, y_rand = self._random_real(ipc, seeds)
+      name = "random_real" if self._hard_labels(None) else "random_teacher"
+      if name == "random_teacher":
+        y_rand = self._teacher_labels(x_rand)
+      if name not in (s[0] for s in have):
+        out.append((name, x_rand, y_rand, e.random_real_lr))
+      if "random_noaug" in need:
+        out.append((f"{name}_noaug", x_rand, y_rand, e.random_real_lr, "noaug"))
+    return out
+
+  def _teacher_labels(self, x) -> np.ndarray:
+    """(S, n, C) softmax of the teacher's logits on the un-augmented images x (S, n, H, W, C):
+    the final checkpoint of expert eval.teacher_expert (DD-Ranking's static soft labels)."""
+    net = self.network()
+    k = self.config.eval.teacher_expert
+    _, final = experts.load_trajectories(self.experts_dir, num_params=net.num_params,
+                                         num_experts=k + 1, return_final=True)
+    logits = distillation.expert_logits(net, final[k:k + 1], x.reshape(-1, *x.shape[2:]))[0]
+    return np.asarray(jax.nn.softmax(logits, axis=-1)).reshape(*x.shape[:2], -1)
+
+  def _add_scores(self, results: dict, arch: str, net, need) -> None:
+    """results['scores'][arch] and results['full_data'][arch] from the evaluations done."""
+    e = self.config.eval
+    random = "random_real" if self._hard_labels(None) else "random_teacher"
+    names = {"distilled": "distilled", "distilled_hard": "distilled_hard", "random": random,
+             "distilled_noaug": "distilled_noaug", "random_noaug": f"{random}_noaug"}
+    acc = {k: results[v][arch]["runs"] for k, v in names.items() if arch in results.get(v, {})}
+    full = self._full_accuracy(arch, net) if "full" in need else None
+    if full is not None:
+      results.setdefault("full_data", {})[arch] = full
+    values = scores.per_seed_scores(e.metrics, acc, full["mean"] if full else 0.0,
+                                    lrs_weight=e.lrs_weight, ars_weight=e.ars_weight)
+    results.setdefault("scores", {})[arch] = {k: evaluate.summarize(v) for k, v in values.items()}
+    for k, v in values.items():
+      self.log({"phase": "evaluate", "set": f"score_{k}", "arch": arch, "runs": v})
+      logging.info("score %s (%s): %.2f +- %.2f", k.upper(), arch, np.mean(v), np.std(v))
+
+  def _full_accuracy(self, arch: str, net) -> dict:
+    """The full real training set's hard-label accuracy for `arch`: trained once per
+    protocol and cached in eval.full_cache (default <workdir>/full_data.json)."""
+    e, p = self.config.eval, self.prepared
+    cache = Path(e.full_cache) if e.full_cache else self.workdir / "full_data.json"
+    key = results_lib.full_data_key(self.config, arch)
+    stored = json.loads(cache.read_text()) if cache.exists() else {}
+    if key in stored:
+      return stored[key]
+    logging.info("full-data accuracy (%s) is not in %s: training %d network(s) on %d images "
+                 "for %d epochs; the progress lines give the time left", arch, cache,
+                 e.full_seeds, len(p.x_train), e.full_epochs)
+    cfg = dataclasses.replace(evaluate.EvalConfig.from_config(self.config),
+                              epochs=e.full_epochs, batch_size=e.full_batch_size,
+                              progress_every=1)
+    onehot = np.eye(self.num_classes, dtype=np.float32)[p.y_train]
+    runs = evaluate.evaluate_synset(net, p.x_train, onehot, e.full_lr, p.x_test, p.y_test,
+                                    seeds=[20_000 + i for i in range(e.full_seeds)], cfg=cfg,
+                                    mesh=self.mesh, label=f"full data ({arch})")
+    got = {**evaluate.summarize(runs), "key": key}
+    if distributed.index() == 0:
+      stored = json.loads(cache.read_text()) if cache.exists() else {}
+      checkpointing.write_json(cache, {**stored, key: got})
+    return got
+
+  def _evaluate_one(self, net, arch, name, images, labels, lr, seeds, kept, path,
+                    augment: bool = True) -> dict | None:
     """The summary of one (network, set): `kept` (eval.resume) or trained now over the seeds
     (several processes split the seeds). None where process 0 keeps a result this one lacks."""
     label = f"evaluate {name.replace('_', ' ')} ({arch})"
@@ -339,7 +429,8 @@ class Run:
       images, labels = images[mine], labels[mine]
     runs = evaluate.evaluate_synset(
         net, images, labels, lr, p.x_test, p.y_test, seeds=[seeds[i] for i in mine],
-        cfg=evaluate.EvalConfig.from_config(self.config), mesh=self.mesh,
+        cfg=dataclasses.replace(evaluate.EvalConfig.from_config(self.config), augment=augment),
+        mesh=self.mesh,
         label=label) if mine else []
     runs = distributed.gather_shares(runs, len(seeds))
     self.log({"phase": "evaluate", "set": name, "arch": arch, "runs": runs,

@@ -279,6 +279,61 @@ def build_report(results: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def load_tables(dirs) -> list[tuple[Path, dict]]:
+  """(path, summary) of every study summary.json under `dirs` whose plan is a table."""
+  found = []
+  for d in dirs:
+    for path in sorted(Path(d).rglob("summary.json")):
+      try:
+        summary = json.loads(path.read_text())
+      except json.JSONDecodeError:
+        continue
+      if str(summary.get("verdict", "")).startswith("table"):
+        found.append((path, summary))
+  return found
+
+
+def _seeds_text(seeds: dict) -> str:
+  values = list(seeds.values())
+  if not values:
+    return "not run"
+  spread = f" +- {np.std(values):.2f}" if len(values) > 1 else ""
+  return f"{np.mean(values):.2f}{spread} (n={len(values)})"
+
+
+def _diff_text(d: dict | None) -> str:
+  if not d:
+    return "-"
+  se = "" if d.get("se") is None or np.isnan(d["se"]) else f" +- {d['se']:.2f}"
+  return f"{d['mean']:+.2f}{se}"
+
+
+def table1_section(path: Path, summary: dict) -> list[str]:
+  """A study table (e.g. launch/results/table1_r1) beside the paper's Table 1 at CIFAR-10
+  IPC 1: every arm's mean over distillation seeds, its paired difference against the
+  baseline, and the published number of its method, labelled as what it is."""
+  from datm_clr_jax import methods  # pylint: disable=import-outside-toplevel
+  paper = methods.published("cifar10_ipc1")
+  base = summary["baseline"]
+  lines = [f"## Table 1 at a reduced protocol: `{path.parent}`", "",
+           "Every arm of the study on the same distillation seeds (paired). Ours: ConvNet %, mean "
+           "+- std over distillation seeds (each the mean of its evaluation seeds); the paired "
+           f"difference against {base} +- its standard error. The paper's column is its Table 1 "
+           "(CIFAR-10 IPC 1, full scale): a reduced protocol does not reproduce it.", "",
+           f"| arm | what | ours | vs {base} | paper (C10 IPC 1, full scale) |",
+           "|---|---|---|---|---|"]
+  for name, a in summary["arms"].items():
+    method = a.get("method")
+    lines.append(f"| {name} | {a['desc']} | {_seeds_text(a['seeds'])} | "
+                 f"{_diff_text(a.get('vs_baseline_dev'))} | "
+                 f"{paper.get(method, '-') if method else '-'} |")
+    if "ema" in a:
+      lines.append(f"| {name} EMA | its images' moving average | {_seeds_text(a['ema']['seeds'])}"
+                   f" | {_diff_text(a['ema'].get('vs_baseline_dev'))} | - |")
+  lines += ["", f"Status: {summary['verdict']}.", ""]
+  return lines
+
+
 def plot(results: list[dict], path) -> None:
   """Bars per setting: ours (where run) beside the paper, for each method."""
   settings = all_settings(results)
@@ -356,6 +411,8 @@ def write_report(dirs, out_dir) -> Path:
   results = load_results(dirs)
   images = save_images(results, out)
   text = build_report(results)
+  for path, summary in load_tables(dirs):
+    text += "\n" + "\n".join(table1_section(path, summary))
   if images:
     text += ("\n## Distilled images\n\nThe first synthetic image of each class, one row per run "
              "(pixel space, clipped to [0, 1]).\n\n"

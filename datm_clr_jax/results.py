@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -21,7 +23,19 @@ from datm_clr_jax.errors import TorchIOError
 
 # The sets results.json may hold, each {arch: summary}: the distilled images, FTD's moving
 # average of them, and the random real baseline.
-SETS = ("distilled", "distilled_ema", "random_real")
+SETS = ("distilled", "distilled_ema", "random_real", "distilled_hard", "distilled_noaug",
+        "random_real_noaug", "random_teacher", "random_teacher_noaug", "scores", "full_data")
+
+
+def full_data_key(config: ml_collections.ConfigDict, arch: str) -> str:
+  """What a full-data accuracy depends on: data, ZCA, network, DSA and the training recipe."""
+  from datm_clr_jax import experts  # pylint: disable=import-outside-toplevel
+  m, e = config.model, config.eval
+  parts = (experts.kind(config)["data.source"], config.data.image_size, config.data.zca,
+           config.data.zca_eps, arch, m.width, m.depth, m.norm, config.dsa.strategy,
+           config.dsa.mode, e.full_epochs, e.full_lr, e.full_batch_size, e.full_seeds,
+           e.momentum, e.weight_decay)
+  return "|".join(str(p) for p in parts)
 
 
 def method_name(config: ml_collections.ConfigDict) -> str:
@@ -33,16 +47,19 @@ def method_name(config: ml_collections.ConfigDict) -> str:
   return "datm_clr" if step.contrast_on(c.strategy, c.alpha, c.lam) else "datm"
 
 
+def class_one_hot(n: int, num_classes: int) -> np.ndarray:
+  """(n, num_classes) one-hot rows of a class-major set of n images."""
+  return np.eye(num_classes, dtype=np.float32)[np.arange(n) * num_classes // n]
+
+
 def label_distribution(config: ml_collections.ConfigDict, syn_labels: np.ndarray
                        ) -> np.ndarray:
   """(n, C) the labels an evaluation trains on: one-hot classes (class-major) for sets
   distilled with hard or teacher labels (TESLA's teacher labels are per iteration, not
   kept), else the softmax of the label logits."""
   if config.distill.labels in ("hard", "teacher"):
-    n, num_classes = syn_labels.shape
-    return np.eye(num_classes, dtype=np.float32)[np.arange(n) * num_classes // n]
-  z = syn_labels - syn_labels.max(-1, keepdims=True)
-  return (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).astype(np.float32)
+    return class_one_hot(*syn_labels.shape)
+  return np.asarray(jax.nn.softmax(jnp.asarray(syn_labels, jnp.float32), axis=-1))
 
 
 def header(config: ml_collections.ConfigDict, *, num_classes: int, ipc: int, syn_lr: float,
@@ -117,6 +134,10 @@ def format_table(results: dict) -> str:
                      ("random_real", "random real")):
     for arch, r in results.get(key, {}).items():
       rows.append((label, arch, f"{r['mean']:.2f} +- {r['std']:.2f}",
+                   " ".join(f"{x:.1f}" for x in r["runs"])))
+  for arch, block in results.get("scores", {}).items():
+    for name, r in block.items():
+      rows.append((f"score {name.upper()}", arch, f"{r['mean']:.2f} +- {r['std']:.2f}",
                    " ".join(f"{x:.1f}" for x in r["runs"])))
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

@@ -218,9 +218,11 @@ def planned_cells(plan: dict, accuracies: dict[str, dict]) -> list[Cell]:
 def summarize(plan: dict, cells: dict[str, dict]) -> dict:
   """summary.json: every arm's accuracy per seed, its paired differences against its
   control and the baseline (dev and held-out seeds), the chosen arm and the verdict."""
-  acc, ema = {}, {}
+  acc, ema, method = {}, {}, {}
   for rec in cells.values():
     acc.setdefault(rec["arm"], {})[str(rec["seed"])] = rec["accuracy"]
+    if "method" in rec:
+      method[rec["arm"]] = rec["method"]
     if rec.get("accuracy_ema") is not None:  # FTD: its images' moving average as well
       ema.setdefault(rec["arm"], {})[str(rec["seed"])] = rec["accuracy_ema"]
   arms = resolve(plan, acc)
@@ -234,6 +236,8 @@ def summarize(plan: dict, cells: dict[str, dict]) -> dict:
              "dev_mean": _dev_mean(acc.get(name, {}), dev)}
     if r["based_on"]:
       entry["based_on"] = r["based_on"]
+    if name in method:
+      entry["method"] = method[name]
     if name in ema:
       entry["ema"] = {"seeds": dict(sorted(ema[name].items(), key=lambda kv: int(kv[0]))),
                       "dev_mean": _dev_mean(ema[name], dev),
@@ -525,7 +529,7 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
       shutil.copy2(workdir / f, out / f)
     rec = {"arm": cell.arm, "seed": cell.seed, "overrides": list(cell.overrides),
            "accuracy": cell_accuracy(results), "experts_sha256": fingerprints[named],
-           "machine": machine(), "code_commit": code_commit()}
+           "machine": machine(), "code_commit": code_commit(), "method": results["method"]}
     if named != plan.get("experts_dir", ""):
       rec["experts_dir"] = named
     if cell_accuracy(results, set_name="distilled_ema") is not None:

@@ -125,3 +125,50 @@ def test_cross_architecture_forward(arch, size):
   variables = module.init(jax.random.PRNGKey(0), x, train=False)
   logits, feats = module.apply(variables, x, train=False)
   assert logits.shape == (2, 7) and feats.ndim == 2
+
+
+def test_densenet121_param_count_is_the_pytorch_definitions():
+  """kuangliu's CIFAR DenseNet121 layer by layer: bias-free convs, BN weight and bias each."""
+  growth, count, c = 32, _conv(3, 64, 3, False), 64
+  for i, layers in enumerate((6, 12, 24, 16)):
+    for _ in range(layers):
+      count += 2 * c + _conv(c, 4 * growth, 1, False) + 2 * 4 * growth
+      count += _conv(4 * growth, growth, 3, False)
+      c += growth
+    if i < 3:
+      count += 2 * c + _conv(c, c // 2, 1, False)
+      c //= 2
+  count += 2 * c + c * 10 + 10
+  assert count == 6_956_298  # the familiar CIFAR DenseNet121 figure
+  assert models.count_params("densenet121", 10, (32, 32, 3)) == count
+  assert models.make_network("densenet121", 10, (32, 32, 3)).stateful
+
+
+def test_densenet_trains_with_batch_statistics():
+  # The DenseNet-121 layer pattern at two small blocks: one compile of the full network's
+  # training step costs minutes on a CPU (the count above covers its layers).
+  module = models.DenseNet(3, blocks=(2, 2), growth=4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 8, 8, 3))
+  y = jnp.array([0, 1, 2, 0, 1, 2])
+  variables = module.init(jax.random.PRNGKey(1), x, train=False)
+
+  @jax.jit
+  def step(variables):
+    def loss(params):
+      (logits, _), new = module.apply({**variables, "params": params}, x, train=True,
+                                      mutable=["batch_stats"])
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(6), y]), new
+    (value, new), g = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    params = jax.tree.map(lambda p, d: p - 0.1 * d, variables["params"], g)
+    return {**new, "params": params}, value
+
+  losses = []
+  for _ in range(5):
+    variables, value = step(variables)
+    losses.append(float(value))
+  assert losses[-1] < losses[0]
+  stats = jax.tree_util.tree_leaves(variables["batch_stats"])
+  assert stats and any(float(jnp.abs(s).sum()) > 0 for s in stats)
+  logits, feats = module.apply(variables, x, train=False)
+  # channels: stem 8, block 16, transition 8, block 16
+  assert logits.shape == (6, 3) and feats.shape == (6, 16)

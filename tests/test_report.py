@@ -131,3 +131,25 @@ def test_random_real_of_another_architecture_is_read_from_the_run_that_has_it(tm
   write(tmp_path, "b_datm", datm)
   text = report.build_report(report.load_results([tmp_path]))
   assert "| Random real | 20.00 x1 [1] | 15.46 | not run | 13.97 | 15.00 x1 [1] | 12.07 |" in text
+
+
+def test_a_study_table_is_rendered_beside_the_papers_table_1(tmp_path):
+  from datm_clr_jax import methods, study
+  plan = {"config": "configs/quickstart.py:tiny", "dev_seeds": [0, 1], "heldout_seeds": [],
+          "baseline": "D", "arms": {"D": {"desc": "DATM"}, "M": {"desc": "MTT"},
+                                    "F": {"desc": "FTD"}}, "_path": str(tmp_path / "plan.json")}
+  cells = {f"{a}_seed{s}": {"arm": a, "seed": s, "accuracy": acc, "overrides": [],
+                            "method": m, **({"accuracy_ema": acc - 5} if a == "F" else {})}
+           for a, m, accs in (("D", "datm", (30.0, 32.0)), ("M", "mtt", (25.0, 26.0)),
+                              ("F", "ftd", (26.0, 25.0)))
+           for s, acc in enumerate(accs)}
+  out = tmp_path / "study"
+  out.mkdir()
+  (out / "summary.json").write_text(json.dumps(study.summarize(plan, cells)))
+  report.write_report([str(out)], str(tmp_path / "report"))
+  text = (tmp_path / "report" / "report.md").read_text()
+  paper = methods.published("cifar10_ipc1")
+  assert f"| M | MTT | 25.50 +- 0.50 (n=2) | -5.50 +- 0.50 | {paper['mtt']} |" in text
+  assert f"| D | DATM | 31.00 +- 1.00 (n=2) | - | {paper['datm']} |" in text
+  assert "| F EMA | its images' moving average | 20.50 +- 0.50 (n=2) | -10.50 +- 1.50 | - |" in text
+  assert "does not reproduce it" in text and "Status: table: all 6 cells done." in text

@@ -208,3 +208,37 @@ def test_difference_intervals_are_the_summary_differences_at_two_standard_errors
   assert "B0 DATM" not in dict(base) and "held-out seeds" not in dict(base)["B3 shared views"]
   path = study.save_differences(s, tmp_path)
   assert path.name == "differences.png" and path.stat().st_size > 0
+
+
+def test_a_table_plan_runs_each_arm_on_its_own_config_and_experts(tmp_path):
+  gsam = tmp_path / "tiny_gsam.py"  # a preset on GSAM experts, like FTD's
+  gsam.write_text("from datm_clr_jax import config_file\n\n\ndef get_config():\n"
+                  "  config = config_file.load('configs/quickstart.py:tiny', [])\n"
+                  "  config.experts.optimizer = 'gsam'\n  return config\n")
+  ftd = ["method=ftd", "distill.labels=hard", "distill.init=real", "distill.threshold=0.0",
+         "distill.ema_decay=0.5"]
+  arms = {"D": {"desc": "DATM", "overrides": ["clr.alpha=0.0"]},
+          "F": {"desc": "FTD-like", "config": str(gsam), "experts_dir": "experts_gsam",
+                "overrides": ftd}}
+  path = _plan(tmp_path, dev_seeds=[0], heldout_seeds=[], baseline="D", arms=arms)
+  s = study.run_study(path, tmp_path / "root")
+  assert s["verdict"] == "table: all 2 cells done"
+  cells = study.read_cells(path.parent)
+  f = cells["F_seed0"]
+  assert f["experts_dir"] == "experts_gsam" and "experts_dir" not in cells["D_seed0"]
+  assert f["experts_sha256"] != cells["D_seed0"]["experts_sha256"]
+  meta = json.loads((path.parent / "experts_gsam" / "meta.json").read_text())
+  assert meta["kind"]["experts.optimizer"] == "gsam"
+  results = json.loads((path.parent / "runs" / "F_seed0" / "results.json").read_text())
+  assert f["accuracy_ema"] == results["distilled_ema"]["convnet"]["mean"]
+  with np.load(path.parent / "runs" / "F_seed0" / "syn_set.npz") as z:
+    assert z["syn_images"].shape == z["ema_images"].shape
+    np.testing.assert_array_equal(z["syn_labels"], np.eye(z["syn_labels"].shape[1]))
+  assert s["arms"]["F"]["ema"]["seeds"] == {"0": f["accuracy_ema"]}
+  table = (path.parent / "table.md").read_text()
+  assert "| F EMA |" in table and "Status: table: all 2 cells done" in table
+  # An arm that would share D's experts folder with GSAM experts is refused before any run.
+  arms["G"] = {"desc": "GSAM in D's folder", "config": str(gsam)}
+  path = _plan(tmp_path, dev_seeds=[0], heldout_seeds=[], baseline="D", arms=arms)
+  with pytest.raises(study.StudyError, match="arms D and G share the experts.*experts.optimizer"):
+    study.run_study(path, tmp_path / "root")
