@@ -41,6 +41,8 @@ def get_config(arg=None):
   config.distill.num_inner_steps = 20
   config.distill.checkpoint_every = 50
   config.distill.log_every = 10
+  # HLR's full-data accuracy at R1: the evaluation's recipe for the experts' 8 epochs.
+  config.eval.full_epochs = 8
   config.clr.proj_hidden = 0  # Width-matched: hidden = feature width (512), then 128.
   # At this width keeping the conv outputs and DSA views costs little memory and spares
   # their recomputation (docs/performance.md).

@@ -7,8 +7,10 @@ Both raise errors.Error subclasses whose message names the field and what to do.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import runpy
 from pathlib import Path
 
 import ml_collections
@@ -223,9 +225,10 @@ def _check_experts_fit(config: ml_collections.ConfigDict, experts_dir: Path) -> 
                       "another experts.dir")
 
 
-# Fields that say where or how a run computes, not what: never a change of the run.
-WHERE = ("name", "data.cache_dir", "data.data_dir", "experts.dir", "shard", "experts.parallel",
-         "experts.loop")
+# Fields that say where or how a run computes, not what, and names (the method's preset name:
+# its switches are compared): never a change of the run.
+WHERE = ("name", "method", "data.cache_dir", "data.data_dir", "experts.dir", "shard",
+         "experts.parallel", "experts.loop")
 # Fields that leave the distilled set as it is: a resumed distillation accepts changes to them
 # with --resume_changed; an evaluation or export of the set ignores them.
 OUTPUT = ("logging.", "eval.", "distill.log_every", "distill.checkpoint_every",
@@ -243,11 +246,29 @@ def _flat(tree: dict, prefix: str = "") -> dict:
   return out
 
 
+# Fields replaced since: a stored value's meaning in today's field.
+RENAMED = {"distill.learn_labels": ("distill.labels", {True: "learned", False: "experts"})}
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
+  """configs/default.py's values, flat: a field added to the code keeps the old behaviour at
+  its default."""
+  path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
+  return _flat(json.loads(runpy.run_path(str(path))["get_config"]().to_json()))
+
+
 def config_changes(stored: dict, config: ml_collections.ConfigDict) -> dict:
-  """{field: (stored value, new value)} for every field that differs, but WHERE fields."""
+  """{field: (stored value, new value)} for every field that differs, but WHERE fields and
+  fields the stored config predates that are at their default (or only shape the output)."""
   old, new = _flat(stored), _flat(json.loads(config.to_json()))
+  for field, (today, meaning) in RENAMED.items():
+    if field in old and field not in new:
+      old.setdefault(today, meaning.get(old.pop(field)))
+  added = {k for k in set(new) - set(old)
+           if k.startswith(OUTPUT) or new[k] == _defaults().get(k, object())}
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and not k.startswith(WHERE)}
+          if old.get(k) != new.get(k) and not k.startswith(WHERE) and k not in added}
 
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: Path, mode: str,

@@ -292,8 +292,8 @@ class Run:
     results = results_lib.header(
         self.config, num_classes=self.num_classes, ipc=len(images) // self.num_classes,
         syn_lr=lr, seeds=seeds, iteration=iteration, selection=selected, external=external)
-    probs = (results_lib.label_distribution(self.config, labels) if not external
-             else np.asarray(jax.nn.softmax(labels, axis=-1)))
+    # An outside set's labels are read as this config's kind (logits unless it says hard).
+    probs = results_lib.label_distribution(self.config, labels)
     sets = [("distilled", images, probs, lr)]
     if "distilled_ema" in results:
       # FTD evaluates its moving average on the network the raw set trained; here each set
@@ -304,7 +304,7 @@ class Run:
         sets.append(("distilled_ema", self._ema_images, probs, lr))
     if e.random_real:
       sets.append(("random_real", *self._random_real(results["ipc"], seeds), e.random_real_lr))
-    need = scores.needed_sets(e.metrics, hard_labels=self._hard_labels(external))
+    need = scores.needed_sets(e.metrics, hard_labels=self._hard_labels())
     sets += self._score_sets(need, images, lr, seeds, results["ipc"], have=sets)
     for name, *_ in sets:
       results.setdefault(name, {})
@@ -334,8 +334,9 @@ class Run:
     return results
 
   # ------------------------------------------------------------- label- and augmentation-robust
-  def _hard_labels(self, external) -> bool:
-    return not external and self.config.distill.labels in ("hard", "teacher")
+  def _hard_labels(self) -> bool:
+    """Whether the set's own evaluation trains on one-hot labels (MTT, FTD, TESLA)."""
+    return self.config.distill.labels in ("hard", "teacher")
 
   def _score_sets(self, need, images, lr, seeds, ipc, have) -> list[tuple]:
     """The extra evaluations the scores need, as (name, x, y, lr[, 'noaug']) (scores.py):
@@ -350,7 +351,7 @@ class Run:
       out.append(("distilled_noaug", *distilled[1:4], "noaug"))
     if "random" in need:
       x_rand, y_rand = self._random_real(ipc, seeds)
-      name = "random_real" if self._hard_labels(None) else "random_teacher"
+      name = "random_real" if self._hard_labels() else "random_teacher"
       if name == "random_teacher":
         y_rand = self._teacher_labels(x_rand)
       if name not in (s[0] for s in have):
@@ -372,7 +373,7 @@ class Run:
   def _add_scores(self, results: dict, arch: str, net, need) -> None:
     """results['scores'][arch] and results['full_data'][arch] from the evaluations done."""
     e = self.config.eval
-    random = "random_real" if self._hard_labels(None) else "random_teacher"
+    random = "random_real" if self._hard_labels() else "random_teacher"
     names = {"distilled": "distilled", "distilled_hard": "distilled_hard", "random": random,
              "distilled_noaug": "distilled_noaug", "random_noaug": f"{random}_noaug"}
     acc = {k: results[v][arch]["runs"] for k, v in names.items() if arch in results.get(v, {})}

@@ -203,3 +203,15 @@ def test_a_second_evaluation_adds_architectures_of_the_same_set(tmp_path):
   assert other["distilled"] == res and "random_real" not in other
   path.write_text("{truncated")
   assert results.merge_archs(path, {**base, "distilled": dict(res)})["distilled"] == res
+
+
+def test_a_workdir_from_before_a_field_existed_resumes_at_its_default():
+  config = tiny_config()
+  stored = json.loads(config.to_json())
+  del stored["distill"]["labels"], stored["distill"]["ema_decay"], stored["eval"]["metrics"]
+  stored["distill"]["learn_labels"] = True  # the field distill.labels replaced
+  assert checks.config_changes(stored, config) == {}
+  stored["distill"]["learn_labels"] = False
+  assert checks.config_changes(stored, config) == {"distill.labels": ("experts", "learned")}
+  config.distill.ema_decay = 0.5  # a new field away from its default is a change
+  assert "distill.ema_decay" in checks.config_changes(stored, config)
