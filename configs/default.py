@@ -122,7 +122,8 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_eval = 5  # Evaluation seeds (networks trained from scratch).
-  config.eval.archs = ("convnet",)  # Evaluation networks; add resnet18, vgg11, alexnet (Table 2).
+  # Evaluation networks; add resnet18, vgg11, alexnet (Table 2), densenet121 (§4.1).
+  config.eval.archs = ("convnet",)
   config.eval.epochs = 1000  # Training epochs on the synthetic set (the loop runs epochs+1).
   config.eval.batch_size = 128  # Minibatch (DATM: 128).
   config.eval.momentum = 0.9
