@@ -138,6 +138,9 @@ def get_config():
   config.eval.metrics = ("acc",)
   config.eval.lrs_weight = 0.5  # w in LRS = N(w IOR - (1 - w) HLR).
   config.eval.ars_weight = 0.5  # g in ARS: the weight of the augmented runs.
+  # DD-Ranking's choice for random subsets (no learned lr): the best of these on the TEST set;
+  # empty keeps eval.random_real_lr and nothing chosen on the test set.
+  config.eval.random_lr_grid = ()
   config.eval.teacher_expert = 0  # Whose final checkpoint gives a random subset soft labels.
   config.eval.full_epochs = 50  # HLR's full-data training: epochs (the evaluation's recipe),
   config.eval.full_lr = 0.01  # learning rate,

@@ -129,6 +129,9 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
   d, ex = config.distill, config.experts
   _check_numbers(config)
+  if not all(isinstance(lr, (int, float)) and lr > 0 for lr in config.eval.random_lr_grid):
+    raise ConfigError(f"config.eval.random_lr_grid={config.eval.random_lr_grid} must hold "
+                      "positive learning rates")
   for field in ("lrs_weight", "ars_weight"):
     if not 0 <= config.eval[field] <= 1:
       raise ConfigError(f"config.eval.{field} must lie in [0, 1], got {config.eval[field]}")

@@ -271,6 +271,10 @@ def build_report(results: list[dict]) -> str:
     accs = "; ".join(f"{name} {run_summary(r.get(key, {}))}"
                      for key, name in (("distilled", "distilled"), ("random_real", "random real"))
                      if r.get(key))
+    got = r.get("scores", {}).get("convnet", {})
+    if got:  # DD-Ranking's scores (datm_clr_jax/scores.py), ConvNet
+      accs += "; " + ", ".join(f"{k.upper()} {v['mean']:.2f} +- {v['std']:.2f}"
+                               for k, v in got.items())
     lines.append(f"- `{r['_path']}`: {method_name(r)}, {setting_name(r['_setting'])}, "
                  f"{protocol_label(r)}, selection: {p.get('selection', 'unknown')}"
                  + (f"; {accs}" if accs else ""))

@@ -153,3 +153,11 @@ def test_a_study_table_is_rendered_beside_the_papers_table_1(tmp_path):
   assert f"| D | DATM | 31.00 +- 1.00 (n=2) | - | {paper['datm']} |" in text
   assert "| F EMA | its images' moving average | 20.50 +- 0.50 (n=2) | -10.50 +- 1.50 | - |" in text
   assert "does not reproduce it" in text and "Status: table: all 6 cells done." in text
+
+
+def test_the_runs_read_carry_their_scores(tmp_path):
+  r = fake_result("datm", 30.0)
+  r["scores"] = {"convnet": {"lrs": {"mean": 41.5, "std": 0.5, "runs": [41.0, 42.0]}}}
+  write(tmp_path / "runs", "a", r)
+  report.write_report([str(tmp_path / "runs")], str(tmp_path / "rep"))
+  assert "LRS 41.50 +- 0.50" in (tmp_path / "rep" / "report.md").read_text()

@@ -48,7 +48,7 @@ def test_the_hard_label_path_of_a_set_is_the_random_real_path():
   np.testing.assert_array_equal(results.class_one_hot(6, 3), onehot)
 
 
-def test_evaluate_writes_every_score(tmp_path):
+def test_evaluate_writes_every_score_and_the_lr_grid_keeps_the_best(tmp_path, monkeypatch):
   config = tiny_config()
   config.eval.metrics = scores.METRICS
   config.eval.full_epochs = 1
@@ -76,3 +76,20 @@ def test_evaluate_writes_every_score(tmp_path):
   assert again["full_data"]["convnet"]["mean"] == full
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert {f"score_{k}" for k in want} <= {rec.get("set") for rec in records}
+
+
+  # DD-Ranking's lr choice for the random subsets: the best of the grid, said to be chosen on
+  # the test set. A stand-in trainer whose accuracy grows with lr: 0.1 must win.
+  tried = []
+
+  def fake(net, images, labels, lr, *a, seeds, **k):
+    tried.append(lr)
+    return [100 * lr] * len(seeds)
+
+  monkeypatch.setattr(evaluate, "evaluate_synset", fake)
+  config.eval.metrics, config.eval.random_real, config.eval.resume = ("acc",), True, False
+  config.eval.random_lr_grid = (0.001, 0.1, 0.01)
+  got = pipeline.run(config, str(tmp_path), "evaluate")["random_real"]["convnet"]
+  assert got["lr"] == 0.1 and got["mean"] == pytest.approx(10.0)
+  assert "test accuracy" in got["lr_chosen_on"]
+  assert sorted(tried) == sorted([0.001, 0.1, 0.01, again["syn_lr"]])  # the set keeps syn_lr
