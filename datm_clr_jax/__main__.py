@@ -91,7 +91,8 @@ def run_mode(fv: flags.FlagValues, argv: list[str]) -> int:
     logging.warning("interrupted; checkpoints are kept: the same command resumes the run")
     return cli.INTERRUPTED
   except Exception as e:  # noqa: BLE001 -- only an operating system's error is answered here
-    line = cli.os_error(e)
+    # A write that names no file (numpy's and matplotlib's do not) is named by its workdir.
+    line = cli.os_error(e, default_path=fv.workdir or str(ROOT / "checkpoints"))
     if line is None:
       raise
     print(f"error: {line}; the checkpoints written before it are intact: free the space or "

@@ -79,19 +79,20 @@ def parse_or_exit(define_flags, flag_values: flags.FlagValues, argv: list[str]) 
     sys.exit(fail(e))
 
 
-def os_error(error: BaseException) -> str | None:
+def os_error(error: BaseException, default_path: str | None = None) -> str | None:
   """One line for an operating-system error anywhere in `error`'s chain (orbax and
-  tensorstore wrap theirs), naming the path and the cause; None if there is none."""
+  tensorstore wrap theirs), naming the path (`default_path` where the error names none) and
+  the cause; None if there is none."""
   seen = set()
+  where = lambda path: f"{path}: " if path else (f"{default_path}: " if default_path else "")
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.strerror:
-      where = f"{error.filename}: " if error.filename else ""
-      return f"{where}{error.strerror} (errno {error.errno})"
+      return f"{where(error.filename)}{error.strerror} (errno {error.errno})"
     text = str(error)
     for cause in ("No space left on device", "Disk quota exceeded", "Read-only file system"):
       if cause in text:
         paths = re.findall(r'"(/[^"]+)"', text) or re.findall(r"(/[\w./-]+)", text)
-        return f"{paths[0]}: {cause}" if paths else cause
+        return f"{where(paths[0] if paths else None)}{cause}"
     error = error.__cause__ or error.__context__
   return None

@@ -215,3 +215,14 @@ def test_a_workdir_from_before_a_field_existed_resumes_at_its_default():
   assert checks.config_changes(stored, config) == {"distill.labels": ("experts", "learned")}
   config.distill.ema_decay = 0.5  # a new field away from its default is a change
   assert "distill.ema_decay" in checks.config_changes(stored, config)
+
+
+def test_an_os_error_that_names_no_file_is_named_by_the_workdir():
+  from datm_clr_jax import cli
+  bare = OSError(28, "No space left on device")
+  assert cli.os_error(bare, default_path="/w") == "/w: No space left on device (errno 28)"
+  named = OSError(28, "No space left on device", "/w/syn_set.npz")
+  assert cli.os_error(named, default_path="/w").startswith("/w/syn_set.npz: ")
+  wrapped = RuntimeError("tensorstore: No space left on device")
+  assert cli.os_error(wrapped, default_path="/w") == "/w: No space left on device"
+  assert cli.os_error(ValueError("other")) is None
