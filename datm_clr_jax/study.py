@@ -285,25 +285,34 @@ def _cell_text(d: dict | None) -> str:
 
 
 def format_table(summary: dict) -> str:
-  """A markdown table of every arm and seed, with the paired differences."""
+  """A markdown table of every arm and seed, with the paired differences. Columns no arm can
+  fill (controls in a table plan, held-out seeds where none are planned) are left out."""
   seeds = summary["dev_seeds"] + summary["heldout_seeds"]
-  head = (["arm", "what"] + [f"seed {s}" for s in seeds]
-          + ["dev mean", "control", "vs control (dev)", f"vs {summary['baseline']} (dev)",
-             "vs control (held-out)", f"vs {summary['baseline']} (held-out)"])
+  base = summary["baseline"]
+  diffs = [("vs_control_dev", "vs control (dev)"), ("vs_baseline_dev", f"vs {base} (dev)"),
+           ("vs_control_heldout", "vs control (held-out)"),
+           ("vs_baseline_heldout", f"vs {base} (held-out)")]
+  controls = any(a["control"] for a in summary["arms"].values())
+  diffs = [(k, t) for k, t in diffs if (controls or "control" not in k)
+           and (summary["heldout_seeds"] or "heldout" not in k)]
+  head = (["arm", "what"] + [f"seed {s}" for s in seeds] + ["dev mean"]
+          + (["control"] if controls else []) + [t for _, t in diffs])
   rows = [head, ["---"] * len(head)]
   for name, a in summary["arms"].items():
     row = [name, a["desc"] + (f" [{a['based_on']}]" if a.get("based_on") else "")]
     row += [f"{a['seeds'][str(s)]:.2f}" if str(s) in a["seeds"] else "" for s in seeds]
-    row += ["" if a["dev_mean"] is None else f"{a['dev_mean']:.2f}", a["control"] or ""]
-    row += [_cell_text(a.get(k)) for k in ("vs_control_dev", "vs_baseline_dev",
-                                           "vs_control_heldout", "vs_baseline_heldout")]
+    row += ["" if a["dev_mean"] is None else f"{a['dev_mean']:.2f}"]
+    row += [a["control"] or ""] if controls else []
+    row += [_cell_text(a.get(k)) for k, _ in diffs]
     rows.append(row)
     if "ema" in a:  # FTD's moving average of the same cells' images
       e = a["ema"]
       row = [f"{name} EMA", "the moving average of its images"]
       row += [f"{e['seeds'][str(s)]:.2f}" if str(s) in e["seeds"] else "" for s in seeds]
-      row += ["" if e["dev_mean"] is None else f"{e['dev_mean']:.2f}", "", "",
-              _cell_text(e["vs_baseline_dev"]), "", ""]
+      row += ["" if e["dev_mean"] is None else f"{e['dev_mean']:.2f}"]
+      row += [""] if controls else []
+      row += [_cell_text(e["vs_baseline_dev"]) if k == "vs_baseline_dev" else ""
+              for k, _ in diffs]
       rows.append(row)
   lines = ["| " + " | ".join(r) + " |" for r in rows]
   return ("\n".join(lines) + "\n\nAccuracy: ConvNet test %, mean over the evaluation seeds of "

@@ -237,6 +237,8 @@ def test_a_table_plan_runs_each_arm_on_its_own_config_and_experts(tmp_path):
   assert s["arms"]["F"]["ema"]["seeds"] == {"0": f["accuracy_ema"]}
   table = (path.parent / "table.md").read_text()
   assert "| F EMA |" in table and "Status: table: all 2 cells done" in table
+  head = table.splitlines()[0]  # a table plan has no controls and no held-out seeds
+  assert head == "| arm | what | seed 0 | dev mean | vs D (dev) |", head
   # An arm that would share D's experts folder with GSAM experts is refused before any run.
   arms["G"] = {"desc": "GSAM in D's folder", "config": str(gsam)}
   path = _plan(tmp_path, dev_seeds=[0], heldout_seeds=[], baseline="D", arms=arms)
