@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -416,6 +417,25 @@ def machine() -> str:
   return platform.processor() or platform.machine()
 
 
+def platform_record() -> dict:
+  """What a cell's numerics depend on beyond the code: XLA:CPU picks kernels by the CPU's
+  vector extensions, so one model name can round differently on two machines."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  flags = set()
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        flags = set(line.split(":", 1)[1].split())
+        break
+  except OSError:
+    pass
+  isa = [f for f in ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "avx2", "fma")
+         if f in flags]
+  return {"backend": jax.default_backend(), "cpus": os.cpu_count(), "cpu_isa": isa,
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
 def _git_head() -> str | None:
   import subprocess  # pylint: disable=import-outside-toplevel
   try:
@@ -538,7 +558,8 @@ def run_study(plan_path, root, results_dir=None, *, max_cells: int | None = None
       shutil.copy2(workdir / f, out / f)
     rec = {"arm": cell.arm, "seed": cell.seed, "overrides": list(cell.overrides),
            "accuracy": cell_accuracy(results), "experts_sha256": fingerprints[named],
-           "machine": machine(), "code_commit": code_commit(), "method": results["method"]}
+           "machine": machine(), "platform": platform_record(), "code_commit": code_commit(),
+           "method": results["method"]}
     if named != plan.get("experts_dir", ""):
       rec["experts_dir"] = named
     if cell_accuracy(results, set_name="distilled_ema") is not None:

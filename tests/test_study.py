@@ -160,6 +160,8 @@ def test_a_study_runs_resumes_and_refuses_a_changed_plan(tmp_path, monkeypatch):
   assert not s["beats_baseline"]  # one held-out seed has no standard error
   assert len({rec["experts_sha256"] for rec in cells.values()}) == 1
   assert all(rec["machine"] and "code_commit" in rec for rec in cells.values())
+  assert all(rec["platform"]["jax"] and rec["platform"]["backend"] == "cpu"
+             for rec in cells.values())
   on_disk = json.loads((path.parent / "summary.json").read_text())
   assert on_disk["chosen"] == s["chosen"] and set(on_disk["arms"]) == {"B0", "B1", "B2", "B3"}
   assert (path.parent / "table.md").exists()
