@@ -258,6 +258,35 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
   return [float(100 * a) for a in acc]
 
 
+_clock = time.perf_counter  # the probe's timer (a test replaces it)
+
+
+def train_steps(num_images: int, cfg: EvalConfig, num_seeds: int) -> int:
+  """Minibatch steps that evaluate_synset takes to train num_seeds networks on num_images."""
+  return -(-num_images // min(cfg.batch_size, num_images)) * (cfg.epochs + 1) * num_seeds
+
+
+def estimate_seconds(network: Network, cfg: EvalConfig, images, label_probs, lr: float,
+                     num_seeds: int, probe_steps: int = 4) -> float:
+  """Seconds evaluate_synset(images, ...) will spend training num_seeds networks, from timing
+  probe_steps of its minibatch steps on a prefix of the set (the probe's compilation is not
+  counted; the seeds are taken as running in turn, as on one device).
+
+  images: (n, H, W, C); label_probs: (n, C).
+  """
+  batch = min(cfg.batch_size, len(images))
+  n = min(len(images), probe_steps * batch)
+  probe = dataclasses.replace(cfg, epochs=0, progress_every=0, seed_loop="map")
+  train = make_trainer(network, probe, n, tuple(images.shape[1:]))
+  args = (jnp.stack([jax.random.PRNGKey(0)]), jnp.asarray(images[:n], jnp.float32),
+          jnp.asarray(label_probs[:n], jnp.float32), jnp.asarray(lr, jnp.float32))
+  jax.block_until_ready(train(*args))  # compiles
+  start = _clock()
+  jax.block_until_ready(train(*args))
+  per_step = (_clock() - start) / train_steps(n, probe, 1)
+  return per_step * train_steps(len(images), cfg, num_seeds)
+
+
 def random_real(x_train, y_train, *, ipc: int, num_classes: int, seed: int):
   """ipc random real images per class, class-major: (C*ipc, H, W, C) and one-hot (C*ipc, C).
 

@@ -399,13 +399,14 @@ class Run:
     stored = json.loads(cache.read_text()) if cache.exists() else {}
     if key in stored:
       return stored[key]
-    logging.info("full-data accuracy (%s) is not in %s: training %d network(s) on %d images "
-                 "for %d epochs; the progress lines give the time left", arch, cache,
-                 e.full_seeds, len(p.x_train), e.full_epochs)
     cfg = dataclasses.replace(evaluate.EvalConfig.from_config(self.config),
                               epochs=e.full_epochs, batch_size=e.full_batch_size,
                               progress_every=1)
     onehot = np.eye(self.num_classes, dtype=np.float32)[p.y_train]
+    eta = evaluate.estimate_seconds(net, cfg, p.x_train, onehot, e.full_lr, e.full_seeds)
+    logging.info("full-data accuracy (%s) is not in %s: training %d network(s) on %d images "
+                 "for %d epochs, about %.0f minutes on this machine", arch, cache,
+                 e.full_seeds, len(p.x_train), e.full_epochs, eta / 60)
     runs = evaluate.evaluate_synset(net, p.x_train, onehot, e.full_lr, p.x_test, p.y_test,
                                     seeds=[20_000 + i for i in range(e.full_seeds)], cfg=cfg,
                                     mesh=self.mesh, label=f"full data ({arch})")

@@ -181,3 +181,15 @@ def test_random_real_is_class_major_and_seeded():
   b, _ = evaluate.random_real(x, y, ipc=2, num_classes=3, seed=0)
   np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(la.argmax(1), [0, 0, 1, 1, 2, 2])
+
+
+def test_the_time_estimate_extrapolates_a_timed_probe_by_the_steps_of_the_job(monkeypatch):
+  x, y = _blobs(20)  # 60 images, batch 4: 15 steps per epoch
+  probs = np.eye(3, dtype=np.float32)[y]
+  assert evaluate.train_steps(60, CFG, 2) == 15 * 31 * 2
+  assert evaluate.train_steps(3, CFG, 1) == 31  # a set under one batch is one step an epoch
+  net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1)
+  clock = iter([10.0, 10.8])  # the probe: 4 steps (16 images, one epoch) in 0.8 s
+  monkeypatch.setattr(evaluate, "_clock", lambda: next(clock))
+  got = evaluate.estimate_seconds(net, CFG, x, probs, 0.01, num_seeds=2)
+  assert got == pytest.approx(0.8 / 4 * 15 * 31 * 2)
