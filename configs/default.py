@@ -141,6 +141,10 @@ def get_config():
   # DD-Ranking's choice for random subsets (no learned lr): the best of these on the TEST set;
   # empty keeps eval.random_real_lr and nothing chosen on the test set.
   config.eval.random_lr_grid = ()
+  # Which epoch's accuracy a run keeps: final (ours: nothing chosen on the test set) | best
+  # (DD-Ranking's: the best test accuracy, tested every eval.test_every epochs and the last).
+  config.eval.keep = "final"
+  config.eval.test_every = 20
   config.eval.teacher_expert = 0  # Whose final checkpoint gives a random subset soft labels.
   config.eval.full_epochs = 50  # HLR's full-data training: epochs (the evaluation's recipe),
   config.eval.full_lr = 0.01  # learning rate,

@@ -38,6 +38,7 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
                                                  "model.conv_impl"),
       (config.dsa.mode, augment.MODES, "dsa.mode"),
       (config.eval.seed_loop, evaluate.SEED_LOOPS, "eval.seed_loop"),
+      (config.eval.keep, evaluate.KEEP, "eval.keep"),
       (config.experts.loop, sharding.NETWORK_LOOPS, "experts.loop"),
       (config.experts.optimizer, experts.OPTIMIZERS, "experts.optimizer"),
       (d.segment_loop, sharding.NETWORK_LOOPS, "distill.segment_loop"),
@@ -103,7 +104,7 @@ POSITIVE = ("distill.ipc", "distill.iterations", "distill.num_inner_steps",
             "experts.num_experts", "experts.parallel", "experts.batch_size", "eval.num_eval",
             "eval.epochs", "eval.batch_size", "eval.random_real_lr", "clr.temperature",
             "clr.proj_dim", "clr.lr_head", "data.zca_eps", "eval.full_epochs", "eval.full_lr",
-            "eval.full_batch_size", "eval.full_seeds")
+            "eval.full_batch_size", "eval.full_seeds", "eval.test_every")
 NON_NEGATIVE = ("clr.alpha", "clr.beta", "clr.lam", "eval.weight_decay", "eval.progress_every",
                 "distill.batch_syn", "distill.val_per_class", "distill.num_experts",
                 "data.image_size", "clr.proj_hidden", "experts.gsam_rho", "experts.gsam_alpha",

@@ -41,6 +41,10 @@ class EvalConfig:
   seed_loop: str = "auto"  # 'vmap' | 'map' | 'auto' (resolve_seed_loop)
   progress_every: int = 0  # log every this many epochs of each seed (0: no progress lines)
   augment: bool = True  # DSA on every batch; False for the no-augmentation runs of ARS
+  # 'final': the last epoch's test accuracy. 'best': DD-Ranking's, the best test accuracy
+  # seen every test_every epochs and at the last (an accuracy chosen on the test set).
+  keep: str = "final"
+  test_every: int = 20
 
   @classmethod
   def from_config(cls, config, epochs: int | None = None, progress: bool = True) -> EvalConfig:
@@ -50,10 +54,12 @@ class EvalConfig:
     return cls(epochs=e.epochs if epochs is None else epochs, batch_size=e.batch_size,
                momentum=e.momentum, weight_decay=e.weight_decay, strategy=config.dsa.strategy,
                dsa_mode=config.dsa.mode, seed_loop=e.seed_loop,
-               progress_every=e.progress_every if progress else 0)
+               progress_every=e.progress_every if progress else 0, keep=e.keep,
+               test_every=e.test_every)
 
 
 SEED_LOOPS = sharding.NETWORK_LOOPS
+KEEP = ("final", "best")
 
 
 def resolve_seed_loop(seed_loop: str, num_devices: int = 1) -> str:
@@ -120,6 +126,8 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
   """Returns jitted train(keys (S,2), x, y, lr ()) -> variables (S, ...).
 
   x (n,H,W,C) and y (n,C) are shared by all seeds, or (S,n,H,W,C), (S,n,C) with per_seed_data.
+  With cfg.keep 'best': train(keys, x, y, lr, x_test (M,H,W,C), y_test (M,)) ->
+  (variables, best test accuracy (S,) in [0, 1] over the tested epochs).
   """
   # A set smaller than one batch is one batch of its own size (as a PyTorch DataLoader gives),
   # not a padded batch_size: at IPC 1 padding to 128 would train on 12.8x the images needed.
@@ -137,7 +145,10 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
   num_epochs = cfg.epochs + 1
   tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.trace(cfg.momentum))
 
-  def train_one(key, x, y, lr):
+  best = cfg.keep == "best"
+  count = _make_counter(network)
+
+  def train_one(key, x, y, lr, x_test=None, y_test=None):
     k_init, k_run = jax.random.split(key)
     variables = network.init_variables(k_init, image_shape)
     k1, k2 = jax.random.split(k_run)
@@ -148,7 +159,7 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
     reset = jnp.arange(num_epochs) == first
 
     def epoch(carry, xs):
-      variables, opt_state = carry
+      variables, opt_state, best_acc = carry
       k, lr_e, fresh, e = xs
       opt_state = jax.tree.map(lambda s: jnp.where(fresh, jnp.zeros_like(s), s), opt_state)
       k_perm, k_aug = jax.random.split(k)
@@ -172,22 +183,47 @@ def make_trainer(network: Network, cfg: EvalConfig, num_syn: int, image_shape,
 
       xs = (order.reshape(steps, batch), mask.reshape(steps, batch),
             jax.random.split(k_aug, steps))
-      carry = jax.lax.scan(step, (variables, opt_state), xs)[0]
+      variables, opt_state = jax.lax.scan(step, (variables, opt_state), xs)[0]
+      if best:
+        tested = (e % cfg.test_every == 0) | (e == cfg.epochs)
+        acc = jax.lax.cond(tested, lambda: _test_accuracy(count, variables, x_test, y_test),
+                           lambda: jnp.float32(-1.0))
+        best_acc = jnp.maximum(best_acc, acc)
       if cfg.progress_every:
         # The epoch index is the same for every seed, so under vmap the predicate stays
         # unbatched and this remains a real branch: one host call per report, not per epoch.
         report = ((e % cfg.progress_every == 0) & (e > 0)) | (e == cfg.epochs)
         jax.lax.cond(report, lambda: jax.debug.callback(_progress, e, cfg.epochs), lambda: None)
-      return carry, None
+      return (variables, opt_state, best_acc), None
 
-    carry = (variables, tx.init(variables["params"]))
+    carry = (variables, tx.init(variables["params"]), jnp.float32(-1.0))
     xs = (epoch_keys, epoch_lrs, reset, jnp.arange(num_epochs))
-    (variables, _), _ = jax.lax.scan(epoch, carry, xs)
-    return variables
+    (variables, _, best_acc), _ = jax.lax.scan(epoch, carry, xs)
+    return (variables, best_acc) if best else variables
 
   data_axis = 0 if per_seed_data else None
-  return jax.jit(sharding.over_networks(train_one, "vmap" if vmapped else "map",
-                                        (0, data_axis, data_axis, None)))
+  axes = (0, data_axis, data_axis, None) + ((None, None) if best else ())
+  return jax.jit(sharding.over_networks(train_one, "vmap" if vmapped else "map", axes))
+
+
+def _make_counter(network: Network):
+  """count(variables, x (B,H,W,C), y (B,), mask (B,)) -> correct predictions among the mask."""
+  def count(variables, xb, yb, mask):
+    logits, _ = network.module.apply(variables, xb, train=False)
+    return jnp.sum((jnp.argmax(logits, -1) == yb) * mask)
+  return count
+
+
+def _test_accuracy(count, variables, x_test, y_test, chunk: int = 500):
+  """The test accuracy inside a trainer, in chunks of `chunk` images (memory stays flat)."""
+  m = len(x_test)
+  pad = -(-m // chunk) * chunk - m
+  xs = jnp.concatenate([x_test, jnp.zeros((pad, *x_test.shape[1:]), x_test.dtype)])
+  ys = jnp.concatenate([y_test, jnp.zeros((pad,), y_test.dtype)])
+  mask = (jnp.arange(m + pad) < m).astype(jnp.float32)
+  shape = lambda a: a.reshape(-1, chunk, *a.shape[1:])
+  correct = jax.lax.map(lambda c: count(variables, *c), (shape(xs), shape(ys), shape(mask)))
+  return jnp.sum(correct) / m
 
 
 @functools.lru_cache(maxsize=16)
@@ -250,7 +286,11 @@ def evaluate_synset(network: Network, syn_images, label_probs, lr: float, x_test
   data = (syn_images, jnp.asarray(label_probs, jnp.float32))
   data = sharding.shard_leading(data, mesh) if per_seed else sharding.replicate(data, mesh)
   _progress.start(label, len(seeds), in_turn=cfg.seed_loop == "map")
-  variables = train(keys, *data, jnp.asarray(lr, jnp.float32))
+  lr = jnp.asarray(lr, jnp.float32)
+  if cfg.keep == "best":
+    _, best = train(keys, *data, lr, jnp.asarray(x_test, jnp.float32), jnp.asarray(y_test))
+    return [float(100 * a) for a in np.asarray(best)]
+  variables = train(keys, *data, lr)
   if cfg.progress_every:  # the test pass has no epochs to report; say that it has begun
     jax.block_until_ready(variables)
     logging.info("%s: testing %d network(s) on %d images", label, len(seeds), len(x_test))

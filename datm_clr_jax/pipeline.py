@@ -221,6 +221,7 @@ class Run:
     self.prepared  # the validation split exists once the data is loaded
     cfg = evaluate.EvalConfig.from_config(self.config, epochs=self.config.distill.select_epochs,
                                           progress=False)
+    cfg = dataclasses.replace(cfg, keep="final")  # a candidate's score is its final epoch's
     return selection.make_selector(net, cfg, self.x_val, self.y_val, seed=self.config.seed,
                                    best_dir=self.best_dir, log=self.log, mesh=self.mesh)
 

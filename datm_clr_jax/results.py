@@ -35,6 +35,8 @@ def full_data_key(config: ml_collections.ConfigDict, arch: str) -> str:
            config.data.zca_eps, arch, m.width, m.depth, m.norm, config.dsa.strategy,
            config.dsa.mode, e.full_epochs, e.full_lr, e.full_batch_size, e.full_seeds,
            e.momentum, e.weight_decay)
+  if e.keep != "final":  # keys written before the option existed stay the same
+    parts += (e.keep, e.test_every)
   return "|".join(str(p) for p in parts)
 
 
@@ -90,6 +92,8 @@ def header(config: ml_collections.ConfigDict, *, num_classes: int, ipc: int, syn
       results["protocol"][field] = d[field]
   if config.experts.optimizer != "sgd":
     results["protocol"]["experts_optimizer"] = config.experts.optimizer
+  if e.keep != "final":
+    results["protocol"]["eval_keep"] = f"best test epoch of every {e.test_every}"
   if d.ema_decay and not external:
     results["distilled_ema"] = {}
   if external:

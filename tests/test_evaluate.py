@@ -45,9 +45,10 @@ def test_a_set_smaller_than_a_batch_is_one_batch_of_its_own_size():
   jax.tree_util.tree_map(np.testing.assert_array_equal, *out)
 
 
-def _reference_training(net, cfg, key, x, probs, lr):
+def _reference_training(net, cfg, key, x, probs, lr, after_epoch=lambda e, params: None):
   """The reference's evaluation loop written plainly: epochs + 1 epochs, and at epoch
-  epochs // 2 + 1 a new SGD optimiser (no momentum carried over) at a tenth of the rate."""
+  epochs // 2 + 1 a new SGD optimiser (no momentum carried over) at a tenth of the rate.
+  after_epoch(e, params) is called after each epoch e of 0..epochs."""
   k_init, k_run = jax.random.split(key)
   variables = net.init_variables(k_init, x.shape[1:])
   k1, k2 = jax.random.split(k_run)
@@ -61,6 +62,7 @@ def _reference_training(net, cfg, key, x, probs, lr):
         net.module.apply({"params": p}, xb, train=True)[0], yb))(params)
 
   params = variables["params"]
+  e = 0
   for phase_key, epochs, phase_lr in ((k1, first, lr), (k2, cfg.epochs + 1 - first, lr * 0.1)):
     tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                      optax.sgd(phase_lr, momentum=cfg.momentum))
@@ -72,6 +74,8 @@ def _reference_training(net, cfg, key, x, probs, lr):
                          jax.random.split(k_aug, -(-n // batch))):
         upd, opt_state = tx.update(grad(params, x[idx], probs[idx], kb), opt_state, params)
         params = optax.apply_updates(params, upd)
+      after_epoch(e, params)
+      e += 1
   return params
 
 
@@ -85,6 +89,32 @@ def test_schedule_matches_a_plain_reference_loop():
   ref = _reference_training(net, cfg, key, x, probs, 0.01)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6),
                          ours["params"], ref)
+
+
+@pytest.mark.parametrize("loop", ["vmap", "map"])
+def test_the_best_epoch_option_keeps_the_best_tested_epoch_of_a_plain_loop(loop):
+  x, y = _blobs(2)
+  x_test, y_test = _blobs(300, seed=3)  # 900 test images: two chunks, the second padded
+  probs = np.eye(3, dtype=np.float32)[y]
+  net = models.make_network("convnet", 3, (8, 8, 3), width=4, depth=1)
+  cfg = dataclasses.replace(CFG, epochs=7, keep="best", test_every=3, seed_loop=loop)
+  seeds = [0, 1]
+  got = evaluate.evaluate_synset(net, x, probs, 0.01, x_test, y_test, seeds=seeds, cfg=cfg)
+  test = evaluate.make_tester(net, "map")
+  for seed, acc in zip(seeds, got):
+    tested = {}
+
+    def after_epoch(e, params):
+      if e % 3 == 0 or e == 7:  # epochs 0, 3, 6 and the last, 7
+        tested[e] = 100 * float(test(jax.tree.map(lambda a: a[None], {"params": params}),
+                                     x_test, y_test)[0])
+
+    _reference_training(net, cfg, jax.random.PRNGKey(seed), x, probs, 0.01, after_epoch)
+    assert sorted(tested) == [0, 3, 6, 7]
+    assert acc == pytest.approx(max(tested.values()), abs=100 / len(x_test) + 1e-9)
+  final = evaluate.evaluate_synset(net, x, probs, 0.01, x_test, y_test, seeds=seeds,
+                                   cfg=dataclasses.replace(cfg, keep="final"))
+  assert all(b >= f - 100 / len(x_test) for b, f in zip(got, final))
 
 
 @pytest.mark.parametrize("per_seed_data", [False, True])

@@ -106,6 +106,8 @@ BAD_INPUTS = [  # (flags, what the one line must say); {f} is a file, not a fold
     (["--config.clr.loss=triplet"], "clr.loss"),
     (["--config.clr.views=both"], "config.clr.views='both' is not one of"),
     (["--config.distill.student_momentum=1.5"], "student_momentum must be in [0, 1)"),
+    (["--config.eval.keep=last"], "config.eval.keep='last' is not one of ['final', 'best']"),
+    (["--config.eval.test_every=0"], "eval.test_every must be positive, got 0"),
     (["--config.distill.iterations=-5"], "distill.iterations must be positive, got -5"),
     (["--config.clr.alpha=nan"], "clr.alpha must be a finite number, got nan"),
     (["--config.distill.lr_img=-1"], "distill.lr_img must be positive, got -1.0"),
