@@ -207,6 +207,10 @@ def test_experts_of_another_kind_are_refused_in_one_line_and_old_folders_still_l
   config.experts.dir = str(folder)
   config.experts.optimizer = "sgd"
   config.model.width = 16
+  copy = tmp_path / "elsewhere" / "cifar10-jpeg.zip"  # the refusal comes before any reading
+  copy.parent.mkdir()
+  copy.touch()
+  config.data.source = f"image_folder:{copy}"
   with pytest.raises(errors.ConfigError, match=r"^the experts in .* model.width=32 \(this "
                      r"run: 16\)[^\n]*$"):
     checks.preflight(config, str(tmp_path / "run"), "experts")
