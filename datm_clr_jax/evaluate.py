@@ -316,7 +316,7 @@ def estimate_seconds(network: Network, cfg: EvalConfig, images, label_probs, lr:
   """
   batch = min(cfg.batch_size, len(images))
   n = min(len(images), probe_steps * batch)
-  probe = dataclasses.replace(cfg, epochs=0, progress_every=0, seed_loop="map")
+  probe = dataclasses.replace(cfg, epochs=0, progress_every=0, seed_loop="map", keep="final")
   train = make_trainer(network, probe, n, tuple(images.shape[1:]))
   args = (jnp.stack([jax.random.PRNGKey(0)]), jnp.asarray(images[:n], jnp.float32),
           jnp.asarray(label_probs[:n], jnp.float32), jnp.asarray(lr, jnp.float32))

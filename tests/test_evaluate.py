@@ -223,3 +223,6 @@ def test_the_time_estimate_extrapolates_a_timed_probe_by_the_steps_of_the_job(mo
   monkeypatch.setattr(evaluate, "_clock", lambda: next(clock))
   got = evaluate.estimate_seconds(net, CFG, x, probs, 0.01, num_seeds=2)
   assert got == pytest.approx(0.8 / 4 * 15 * 31 * 2)
+  clock = iter([0.0, 0.4])  # the probe trains as 'final' whatever the job keeps
+  best = dataclasses.replace(CFG, keep="best")
+  assert evaluate.estimate_seconds(net, best, x, probs, 0.01, 1) == pytest.approx(0.1 * 15 * 31)
