@@ -1,7 +1,8 @@
 """Scores a study's distilled sets with DD-Ranking's label-robust scores (HLR, IOR, LRS).
 
   python -m launch.rejudge --study=launch/results/table1_r1/plan.json \
-      [--sets=checkpoints/table1_r1] [--compare=RESULTS_DIR] [--metrics=acc,hlr,ior,lrs]
+      [--sets=checkpoints/table1_r1] [--compare=RESULTS_DIR] [--metrics=acc,hlr,ior,lrs] \
+      [--cells=MTT_seed1,MTT_seed2]
 
 For every finished cell of the plan (runs/<cell>/cell.json) whose syn_set.npz is in the cell's
 folder or under --sets/<cell>/, evaluates that set as an outside set (config.eval.synset)
@@ -29,6 +30,8 @@ COMPARE = flags.DEFINE_string("compare", "", "Another results folder holding the
                               "(runs/<cell>/cell.json), e.g. the study they were made again "
                               "from: its accuracies are shown and paired beside the scores.")
 METRICS = flags.DEFINE_list("metrics", ["acc", "hlr", "ior", "lrs"], "Scores to compute.")
+CELLS = flags.DEFINE_list("cells", [], "Score only these cells now (e.g. to split the work "
+                          "between processes); the table shows every cell scored so far.")
 SHOWN = ("acc", "hlr", "ior", "lrs", "ars")
 
 
@@ -104,17 +107,20 @@ def compared_accuracies(results_dir: str) -> dict[str, float]:
   return {name: rec["accuracy"] for name, rec in study.read_cells(results_dir).items()}
 
 
-def main(_):
-  plan = study.load_plan(STUDY.value)
+def score_cells(plan: dict, sets: str = "", only=()) -> dict[str, tuple[dict, dict]]:
+  """{cell: (its cell.json, cell_scores)} of every scored cell; scores the finished cells that
+  have a set and no scores.json yet (of `only`, where given)."""
   results_dir = Path(plan["_path"]).parent
   root = Path("checkpoints") / "scores" / results_dir.name
   by_cell = {}
   for name, rec in study.read_cells(results_dir).items():
     out = study.cell_dir(results_dir, name) / "scores.json"
     if not out.exists():
+      if only and name not in only:
+        continue
       candidates = [study.cell_dir(results_dir, name) / "syn_set.npz"]
-      if SETS.value:
-        candidates.append(Path(SETS.value) / name / "syn_set.npz")
+      if sets:
+        candidates.append(Path(sets) / name / "syn_set.npz")
       npz = next((p for p in candidates if p.exists()), None)
       if npz is None:
         logging.warning("%s: no syn_set.npz; rerun its distillation first", name)
@@ -124,9 +130,15 @@ def main(_):
       if not (study.cell_dir(results_dir, name) / "syn_set.npz").exists():
         shutil.copy2(npz, study.cell_dir(results_dir, name) / "syn_set.npz")
     by_cell[name] = (rec, cell_scores(json.loads(out.read_text())))
+  return by_cell
+
+
+def main(_):
+  plan = study.load_plan(STUDY.value)
+  by_cell = score_cells(plan, SETS.value, CELLS.value)
   compared = compared_accuracies(COMPARE.value) if COMPARE.value else None
   text = table(plan, by_cell, compared, COMPARE.value)
-  checkpointing.write_text(results_dir / "scores.md", text)
+  checkpointing.write_text(Path(plan["_path"]).parent / "scores.md", text)
   print(text)
 
 
