@@ -266,6 +266,11 @@ def summarize(plan: dict, cells: dict[str, dict]) -> dict:
                           "pending: the dev cells are not all done")
     summary["missing"] = missing
     return summary
+  if not held:  # a plan of dev cells only (e.g. a study's cells made again) has no verdict
+    summary["verdict"] = (f"dev cells done: {chosen} has the best dev mean of the contrastive "
+                          "arms; no held-out seeds are planned, so the rule gives no verdict")
+    summary["missing"] = []
+    return summary
   c = out_arms[chosen]
   vs_c, vs_b = c.get("vs_control_heldout"), c.get("vs_baseline_heldout")
   fmt = lambda d: f"{d['mean']:+.2f} +- {d['se']:.2f} (SE, n={d['n']})"

@@ -91,6 +91,17 @@ def test_the_verdict_follows_the_rule_on_held_out_seeds_only(tmp_path):
   assert table.count("\n| B") == 4 and "+0.00 +- 1.00 (n=3)" in table
 
 
+def test_a_plan_without_held_out_seeds_ends_at_its_dev_cells(tmp_path):
+  plan = study.load_plan(_plan(tmp_path, heldout_seeds=[]))
+  acc = {"B0": {"0": 30.0, "1": 30.0}, "B1": {"0": 35.0, "1": 35.0},
+         "B3": {"0": 20.0, "1": 20.0}, "B2": {"0": 30.0}}
+  assert study.summarize(plan, _cells(acc))["verdict"] == "pending: the dev cells are not all done"
+  acc["B2"]["1"] = 30.0
+  s = study.summarize(plan, _cells(acc))
+  assert s["chosen"] == "B1" and s["missing"] == [] and "no verdict" in s["verdict"]
+  assert "beats_baseline" not in s and "B1" in study.format_table(s)
+
+
 @pytest.mark.parametrize("override,message", [
     ("clr.nosuch=1", "no field 'clr.nosuch'"), ("nosuch.alpha=1", "no section 'nosuch'"),
     ("clr.through_student=maybe", "True or False"), ("distill.ipc=one", "malformed"),
