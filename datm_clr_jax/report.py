@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datm_clr_jax import checkpointing, visualize
+from datm_clr_jax import checkpointing, methods, visualize
 from datm_clr_jax.errors import ConfigError
 from datm_clr_jax.visualize import plt
 
@@ -41,7 +41,22 @@ PAPER_CROSS = {"random_real": (15.46, 13.97, 12.07, 10.55), "datm": (46.91, 44.7
 PAPER_STRATEGY = {  # (strategy, views) -> C10 IPC1, C10 IPC10, C100 IPC1
     ("update", "single"): (44.92, 66.22, 24.92), ("update", "multiple"): (46.72, 67.70, 26.23),
     ("fusion", "single"): (48.25, 68.24, 27.60), ("fusion", "multiple"): (53.00, 70.23, 28.74)}
-METHOD_NAMES = {"random_real": "Random real", "datm": "DATM", "datm_clr": "DATM-CLR"}
+METHOD_NAMES = {"random_real": "Random real", "datm": "DATM", "datm_clr": "DATM-CLR",
+                "mtt": "MTT", "tesla": "TESLA", "ftd": "FTD"}
+BASELINES = ("mtt", "tesla", "ftd")  # listed where a run of theirs exists
+
+
+def _published(method: str) -> dict:
+  """{(dataset, ipc): (mean, std)} of a baseline's Table 1 row (methods.PUBLISHED)."""
+  out = {}
+  for name, value in zip(methods.SETTINGS, methods.PUBLISHED[method]):
+    if "+-" in value:
+      ds, ipc = name.rsplit("_ipc", 1)
+      out[(ds, int(ipc))] = tuple(float(x) for x in value.split("+-"))
+  return out
+
+
+PAPER.update({m: _published(m) for m in BASELINES})
 FULL = {"width": 128, "iterations": 10000, "eval_epochs": 1000, "num_experts": 100,
         "expert_epochs_trained": 50}
 
@@ -77,6 +92,11 @@ def protocol_label(r: dict) -> str:
   if p.get("num_segments", 1) != 1:
     # The caption's reading of Table 3's "Multiple": several trajectories per iteration.
     n = ", ".join(filter(None, [n, f"{p['num_segments']} trajectory segments per iteration"]))
+  # What changes the method without changing the protocol's size: never pooled together.
+  if p.get("student_momentum"):
+    n = ", ".join(filter(None, [n, f"student momentum {p['student_momentum']}"]))
+  if p.get("experts_optimizer", "sgd") != "sgd":
+    n = ", ".join(filter(None, [n, f"{p['experts_optimizer'].upper()} experts"]))
   label = "full" if not diffs else "reduced: " + ", ".join(diffs)
   return f"{label}; {n}" if n else label
 
@@ -231,16 +251,19 @@ def build_report(results: list[dict]) -> str:
     variants = sorted({clr_key(r) for r in results if r["_setting"] == setting} - {None, MAIN_CLR})
     rows = ([("datm_clr", MAIN_CLR, METHOD_NAMES["datm_clr"])]
             + [("datm_clr", v, clr_name(v)) for v in variants]
+            + [(m, MAIN_CLR, METHOD_NAMES[m]) for m in BASELINES
+               if any(r["_setting"] == setting and r.get("method") == m for r in results)]
             + [(m, MAIN_CLR, METHOD_NAMES[m]) for m in ("datm", "random_real")])
     for method, clr, name in rows:
       # The paper's number sits beside the method it reports: not beside our variants.
-      paper = PAPER[method].get(setting) if clr == MAIN_CLR else None
-      for proto in protocols:
-        c = collect(results, method, setting, protocol=proto, clr=clr)
-        if c is None and clr != MAIN_CLR:
-          continue
-        lines.append(f"| {setting_name(setting)} | {name} | {fmt(c)} | "
-                     f"{proto if c else '-'} | "
+      paper = PAPER.get(method, {}).get(setting) if clr == MAIN_CLR else None
+      pools = [(proto, collect(results, method, setting, protocol=proto, clr=clr))
+               for proto in protocols]
+      pools = [(proto, c) for proto, c in pools if c is not None]
+      if not pools and clr != MAIN_CLR:
+        continue
+      for proto, c in pools or [("-", None)]:  # one 'not run' row where it never ran
+        lines.append(f"| {setting_name(setting)} | {name} | {fmt(c)} | {proto} | "
                      f"{f'{paper[0]} +- {paper[1]}' if paper else '-'} |")
   lines += ["", "## Table 2 shape: cross-architecture, CIFAR-10 IPC 1", "",
             "| method | " + " | ".join(f"{n} ours | {n} paper" for _, n in CROSS_ARCHS) + " |",

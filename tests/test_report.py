@@ -161,3 +161,23 @@ def test_the_runs_read_carry_their_scores(tmp_path):
   write(tmp_path / "runs", "a", r)
   report.write_report([str(tmp_path / "runs")], str(tmp_path / "rep"))
   assert "LRS 41.50 +- 0.50" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_report_keeps_momentum_expert_kind_and_methods_apart(tmp_path):
+  write(tmp_path, "datm", fake_result("datm", 30.0))
+  momentum = fake_result("datm", 34.0)
+  momentum["protocol"]["student_momentum"] = 0.5
+  write(tmp_path, "datm_m", momentum)
+  gsam = fake_result("datm", 32.0)
+  gsam["protocol"]["experts_optimizer"] = "gsam"
+  write(tmp_path, "datm_gsam", gsam)
+  write(tmp_path, "mtt", fake_result("mtt", 29.0))
+  text = report.build_report(report.load_results([tmp_path]))
+  rows = [l for l in text.splitlines() if l.startswith("| CIFAR-10 IPC 1 | DATM |")]
+  assert len(rows) == 3, rows  # one pool per protocol, none averaged with another
+  assert sorted(r.split(" | ")[2].split(" ")[0] for r in rows) == ["30.00", "32.00", "34.00"]
+  assert any("N=20, student momentum 0.5 |" in r for r in rows)
+  assert any("N=20, GSAM experts |" in r for r in rows)
+  mtt = next(l for l in text.splitlines() if l.startswith("| CIFAR-10 IPC 1 | MTT |"))
+  assert mtt.startswith("| CIFAR-10 IPC 1 | MTT | 29.00 (3 evals) |") and mtt.endswith("| 46.2 +- 0.8 |")
+  assert "| CIFAR-100 IPC 1 | MTT |" not in text  # no MTT run there
