@@ -256,7 +256,7 @@ def build_report(results: list[dict]) -> str:
             + [(m, MAIN_CLR, METHOD_NAMES[m]) for m in ("datm", "random_real")])
     for method, clr, name in rows:
       # The paper's number sits beside the method it reports: not beside our variants.
-      paper = PAPER.get(method, {}).get(setting) if clr == MAIN_CLR else None
+      paper = PAPER[method].get(setting) if clr == MAIN_CLR else None
       pools = [(proto, collect(results, method, setting, protocol=proto, clr=clr))
                for proto in protocols]
       pools = [(proto, c) for proto, c in pools if c is not None]

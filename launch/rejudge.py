@@ -112,8 +112,12 @@ def score_cells(plan: dict, sets: str = "", only=()) -> dict[str, tuple[dict, di
   have a set and no scores.json yet (of `only`, where given)."""
   results_dir = Path(plan["_path"]).parent
   root = Path("checkpoints") / "scores" / results_dir.name
+  cells = study.read_cells(results_dir)
+  unknown = sorted(set(only) - set(cells))
+  if unknown:  # a mistyped name would otherwise score nothing, silently
+    raise study.StudyError(f"no finished cell named {', '.join(unknown)} in {results_dir}")
   by_cell = {}
-  for name, rec in study.read_cells(results_dir).items():
+  for name, rec in cells.items():
     out = study.cell_dir(results_dir, name) / "scores.json"
     if not out.exists():
       if only and name not in only:
@@ -134,8 +138,11 @@ def score_cells(plan: dict, sets: str = "", only=()) -> dict[str, tuple[dict, di
 
 
 def main(_):
-  plan = study.load_plan(STUDY.value)
-  by_cell = score_cells(plan, SETS.value, CELLS.value)
+  try:
+    plan = study.load_plan(STUDY.value)
+    by_cell = score_cells(plan, SETS.value, CELLS.value)
+  except study.StudyError as e:
+    raise SystemExit(f"rejudge: {e}") from None
   compared = compared_accuracies(COMPARE.value) if COMPARE.value else None
   text = table(plan, by_cell, compared, COMPARE.value)
   checkpointing.write_text(Path(plan["_path"]).parent / "scores.md", text)

@@ -3,7 +3,9 @@
 import math
 
 import numpy as np
+import pytest
 
+from datm_clr_jax import study
 from launch import rejudge
 
 
@@ -45,3 +47,5 @@ def test_score_cells_scores_only_the_named_cells_and_keeps_every_scored_one(tmp_
   assert by_cell["A0_seed1"][1] == {"acc": 31.0, "lrs": 22.0}
   rejudge.score_cells(plan)
   assert scored == ["A0_seed1", "A0_seed0"]
+  with pytest.raises(study.StudyError, match="no finished cell named A0_seed9"):
+    rejudge.score_cells(plan, only=["A0_seed9"])
