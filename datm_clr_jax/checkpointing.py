@@ -174,6 +174,10 @@ class StepCheckpoints:
           jax.tree_util.tree_map(np.asarray, tree)), force=True)
       self._manager.wait_until_finished()
     except BaseException:
+      try:  # a write still under way in orbax's threads would refill the folder removed below
+        self._manager.wait_until_finished()
+      except BaseException:  # noqa: BLE001 -- the first error is the one to report
+        pass
       remove_partial_writes(self.directory)
       raise
 
@@ -242,6 +246,9 @@ def remove_partial_writes(directory) -> None:
   directory = Path(directory)
   if directory.is_dir():
     for tmp in directory.glob(f"*{_TMP_MARK}*"):
-      shutil.rmtree(tmp, ignore_errors=True)
+      for _ in range(3):  # a file appearing mid-removal leaves the folder: try again
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not tmp.exists():
+          break
       logging.info("removed %s, a checkpoint write a kill interrupted", tmp)
 
